@@ -1,0 +1,306 @@
+"""Data sets as tensors in memory, the validation split and the forget sets.
+
+Every data set is loaded once into uint8 tensors (N, C, H, W) that live on the
+compute device; a batch is an index tensor into them, augmented and normalised
+on the device (no DataLoader, no worker processes, as in airbench). The forget
+set D_F, the retain set D_R and the validation set D_V are index tensors into
+the training tensor, and all three are pure functions of
+(data set, seed, class_to_replace, num_indexes_to_replace).
+
+    data = load_data("digits", "./data", seed=2)
+    split = forget_split(data, seed=2, class_to_replace=-1, num_indexes=100)
+    x, y = data.batch(split.forget, train=True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils import UserError
+
+VAL_SHARE = 0.1  # per class, held out of the training set (Unlearn-Sparse: CIFAR-10 45,000 / 5,000)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    load: Callable[[Path], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    num_classes: int
+    augment: str  # "crop_flip", "crop" (digits must not be mirrored) or "none"
+    files: str  # what a user must place under --data when there is no network
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, num_classes: int, augment: str, files: str):
+    def wrap(fn):
+        DATASETS[name] = DatasetSpec(name, fn, num_classes, augment, files)
+        return fn
+    return wrap
+
+
+# -------------------------------------------------------------------- loaders
+# Each returns uint8 arrays x (N, C, H, W) and int64 labels y, train then test.
+
+@register_dataset("digits", 10, "none", "nothing: it ships with scikit-learn")
+def _digits(root: Path):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None]  # 0..16 grey levels -> 0..255
+    # Fixed split, independent of --seed: the test set is the same for every run.
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.25, stratify=d.target, random_state=0)
+    return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
+
+
+def _torchvision(cls_name: str, root: Path, **kw):
+    import torchvision
+
+    cls = getattr(torchvision.datasets, cls_name)
+    out = []
+    for split in (("train", "test") if cls_name == "SVHN" else (True, False)):
+        key = {"split": split} if cls_name == "SVHN" else {"train": split}
+        try:
+            ds = cls(str(root), download=False, **key)
+        except RuntimeError:  # not on disk: try the network once, briefly
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(20)
+            try:
+                ds = cls(str(root), download=True, **key)
+            except Exception as e:
+                raise MissingData(str(e)) from None
+            finally:
+                socket.setdefaulttimeout(old)
+        x = ds.data if not isinstance(ds.data, torch.Tensor) else ds.data.numpy()
+        y = np.asarray(ds.labels if cls_name == "SVHN" else ds.targets, dtype=np.int64)
+        if x.ndim == 3:  # MNIST-like (N, H, W)
+            x = x[:, None]
+        elif x.shape[-1] == 3:  # CIFAR stores (N, H, W, C)
+            x = x.transpose(0, 3, 1, 2)
+        out += [np.ascontiguousarray(x, dtype=np.uint8), y]
+    return out[0], out[1], out[2], out[3]
+
+
+class MissingData(Exception):
+    pass
+
+
+@register_dataset("cifar10", 10, "crop_flip", "cifar-10-python.tar.gz (or the extracted cifar-10-batches-py/)")
+def _cifar10(root):
+    return _torchvision("CIFAR10", root)
+
+
+@register_dataset("cifar100", 100, "crop_flip", "cifar-100-python.tar.gz (or the extracted cifar-100-python/)")
+def _cifar100(root):
+    return _torchvision("CIFAR100", root)
+
+
+@register_dataset("svhn", 10, "crop", "train_32x32.mat and test_32x32.mat")
+def _svhn(root):
+    return _torchvision("SVHN", root)
+
+
+@register_dataset("mnist", 10, "none", "MNIST/raw/ with the four *-ubyte(.gz) files")
+def _mnist(root):
+    return _torchvision("MNIST", root)
+
+
+@register_dataset("fashionmnist", 10, "none", "FashionMNIST/raw/ with the four *-ubyte(.gz) files")
+def _fashionmnist(root):
+    return _torchvision("FashionMNIST", root)
+
+
+@register_dataset("tinyimagenet", 200, "crop_flip",
+                  "tiny-imagenet-200/ (unzipped tiny-imagenet-200.zip: wnids.txt, train/, val/)")
+def _tinyimagenet(root: Path):
+    """The tiny-imagenet-200 layout; its labelled val/ split serves as the test set.
+
+    Decoding 110,000 JPEGs takes minutes, so the tensors are cached next to the folder.
+    """
+    folder = root / "tiny-imagenet-200"
+    if not (folder / "wnids.txt").is_file():
+        raise MissingData(f"{folder} not found")
+    cache = folder / "uint8_tensors.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return z["xtr"], z["ytr"], z["xte"], z["yte"]
+    from PIL import Image
+
+    wnids = folder.joinpath("wnids.txt").read_text().split()
+    label = {w: i for i, w in enumerate(wnids)}
+
+    def read(paths):
+        return np.stack([np.asarray(Image.open(p).convert("RGB")).transpose(2, 0, 1) for p in paths])
+
+    train = sorted((p, label[p.parent.parent.name]) for p in folder.glob("train/*/images/*.JPEG"))
+    ann = [line.split("\t")[:2] for line in (folder / "val" / "val_annotations.txt").read_text().splitlines()]
+    test = sorted((folder / "val" / "images" / f, label[w]) for f, w in ann)
+    xtr, ytr = read([p for p, _ in train]), np.array([c for _, c in train], dtype=np.int64)
+    xte, yte = read([p for p, _ in test]), np.array([c for _, c in test], dtype=np.int64)
+    np.savez(cache, xtr=xtr, ytr=ytr, xte=xte, yte=yte)
+    return xtr, ytr, xte, yte
+
+
+# ------------------------------------------------------------------ in memory
+@dataclass
+class TensorData:
+    """A data set held as tensors; `train_idx` / `val_idx` split the training tensor."""
+
+    name: str
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    train_idx: torch.Tensor  # the training set proper (validation held out)
+    val_idx: torch.Tensor
+    num_classes: int
+    mean: torch.Tensor  # (C,) in [0, 1] units, from the training tensor
+    std: torch.Tensor
+    augment: str = "none"
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.x_train.shape[-1]
+
+    def to(self, device: torch.device) -> TensorData:
+        for f in ("x_train", "y_train", "x_test", "y_test", "train_idx", "val_idx", "mean", "std"):
+            setattr(self, f, getattr(self, f).to(device))
+        return self
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def batch(self, idx: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of training samples `idx`; `train=True` augments."""
+        x = self.x_train[idx]
+        if train and self.augment != "none":
+            x = augment(x, flip=self.augment == "crop_flip")
+        return self.normalise(x), self.y_train[idx]
+
+
+def augment(x: torch.Tensor, flip: bool, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding `pad` (and horizontal flip), per sample, on x's device."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+    if flip:
+        mirror = torch.rand(b, device=x.device) < 0.5
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def validation_split(y: np.ndarray, seed: int, share: float = VAL_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out `share` of every class (rounded down), seeded; returns (train_idx, val_idx), sorted."""
+    rng = np.random.default_rng([seed, 1])  # its own stream: independent of the forget-set draw
+    val = [rng.choice(np.flatnonzero(y == c), int(share * (y == c).sum()), replace=False)
+           for c in np.unique(y)]
+    val = np.sort(np.concatenate(val))
+    return np.setdiff1d(np.arange(len(y)), val), val
+
+
+def load_data(name: str, root: str | Path, seed: int, num_classes: int | None = None,
+              no_aug: bool = False) -> TensorData:
+    """Load data set `name` from `root` into CPU tensors and hold out the validation set."""
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; choices: {', '.join(sorted(DATASETS))}")
+    spec = DATASETS[name]
+    root = Path(root)
+    try:
+        xtr, ytr, xte, yte = spec.load(root)
+    except MissingData as e:
+        raise UserError(f"data set {name} is not in {root.resolve()} and could not be downloaded ({e}); "
+                        f"place {spec.files} in that folder") from None
+    n_cls = num_classes or spec.num_classes
+    if ytr.max() >= n_cls:
+        raise UserError(f"--num_classes {n_cls} is too small: {name} has labels up to {ytr.max()}")
+    train_idx, val_idx = validation_split(ytr, seed)
+    x = torch.from_numpy(xtr[train_idx]).float().div(255)
+    return TensorData(
+        name=name,
+        x_train=torch.from_numpy(xtr), y_train=torch.from_numpy(ytr),
+        x_test=torch.from_numpy(xte), y_test=torch.from_numpy(yte),
+        train_idx=torch.from_numpy(train_idx), val_idx=torch.from_numpy(val_idx),
+        num_classes=n_cls,
+        mean=x.mean(dim=(0, 2, 3)), std=x.std(dim=(0, 2, 3)).clamp_min(1e-3),
+        augment="none" if no_aug else spec.augment,
+    )
+
+
+# ---------------------------------------------------------------- forget sets
+@dataclass
+class ForgetSplit:
+    """D_F and D_R as index tensors into the training tensor, and how they were drawn."""
+
+    forget: torch.Tensor
+    retain: torch.Tensor
+    info: dict
+
+    @property
+    def is_class_forgetting(self) -> bool:
+        return self.info["mode"] == "class"
+
+    def to(self, device: torch.device) -> ForgetSplit:
+        self.forget, self.retain = self.forget.to(device), self.retain.to(device)
+        return self
+
+
+def forget_indices(y: np.ndarray, train_idx: np.ndarray, seed: int, class_to_replace: int,
+                   num_indexes: int | None, num_classes: int) -> tuple[np.ndarray, str]:
+    """Choose N training indices: from class C, or uniformly from all classes when C = -1.
+
+    A pure function of its arguments; returns (sorted indices, mode) with mode
+    "class" when the whole class goes, "random" for C = -1, else "subset".
+    """
+    c, n = class_to_replace, num_indexes
+    if not -1 <= c < num_classes:
+        raise UserError(f"--class_to_replace {c} is outside [-1, {num_classes}): use -1 for random "
+                        f"forgetting or a class index below {num_classes}")
+    pool = train_idx if c == -1 else train_idx[y[train_idx] == c]
+    where = "the training set" if c == -1 else f"class {c}"
+    if n is None:
+        if c == -1:
+            raise UserError("--class_to_replace -1 needs --num_indexes_to_replace N (the forget set size)")
+        n = len(pool)
+    if n < 1:
+        raise UserError(f"--num_indexes_to_replace {n}: the forget set needs at least 1 sample")
+    if n > len(pool):
+        raise UserError(f"--num_indexes_to_replace {n} is larger than {where}, which has {len(pool)} "
+                        f"training samples (after the 10% validation hold-out); use at most {len(pool)}")
+    rng = np.random.default_rng([seed, 2, c + 1, n])
+    chosen = np.sort(rng.choice(pool, n, replace=False))
+    mode = "random" if c == -1 else ("class" if n == len(pool) else "subset")
+    return chosen, mode
+
+
+def forget_split(data: TensorData, seed: int, class_to_replace: int, num_indexes: int | None) -> ForgetSplit:
+    """The forget and retain sets of the arguments, with a record to save beside checkpoints."""
+    y, train_idx = data.y_train.cpu().numpy(), data.train_idx.cpu().numpy()
+    forget, mode = forget_indices(y, train_idx, seed, class_to_replace, num_indexes, data.num_classes)
+    retain = np.setdiff1d(train_idx, forget)
+    info = {
+        "dataset": data.name, "seed": seed, "class_to_replace": class_to_replace,
+        "num_indexes_to_replace": len(forget), "mode": mode,
+        "num_train": len(train_idx), "num_val": len(data.val_idx), "num_test": len(data.y_test),
+        "num_forget": len(forget), "num_retain": len(retain),
+        "forget_sha1": hashlib.sha1(forget.astype(np.int64).tobytes()).hexdigest(),
+    }
+    return ForgetSplit(torch.from_numpy(forget), torch.from_numpy(retain), info)

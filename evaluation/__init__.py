@@ -1,0 +1,1 @@
+"""Evaluation: one module per family of metrics, each a function of model outputs."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny digits setup trained once per session by the real entry scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 15  # enough for ~97% test accuracy with smallcnn on digits, a few seconds each
+
+
+def run_script(*args: str, cwd: Path = REPO, env: dict | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Run an entry script as a user would, from the repository root."""
+    proc = subprocess.run([sys.executable, "-u", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": "0", **(env or {})}, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def digits_models(tmp_path_factory) -> dict:
+    """Original model and the ideal models of a random (N=100) and a class (C=3) forget set."""
+    save = tmp_path_factory.mktemp("digits")
+    common = ["--dataset", "digits", "--epochs", str(EPOCHS), "--save_dir", str(save), "--seed", "1", "--quiet"]
+    run_script("main_baseline.py", *common, "--class_to_replace", "-1", "--num_indexes_to_replace", "100")
+    run_script("main_ideal.py", *common, "--class_to_replace", "-1", "--num_indexes_to_replace", "100")
+    run_script("main_ideal.py", *common, "--class_to_replace", "3")
+    return {"save_dir": save, "common": common,
+            "original": save / f"1smallcnn_ep{EPOCHS}model_SA_best.pth.tar",
+            "ideal_random": save / f"1smallcnn_ep{EPOCHS}_C-1_N100_ideal.pth.tar",
+            "ideal_class": next(save.glob(f"1smallcnn_ep{EPOCHS}_C3_N*_ideal.pth.tar"))}

@@ -1,0 +1,99 @@
+"""Splits and forget sets: sizes, disjointness, determinism, and the bad-input errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import augment, forget_indices, forget_split, load_data, validation_split
+from utils import UserError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", "./data", seed=1)
+
+
+def test_digits_split_sizes_and_disjointness(digits):
+    n_train_full = len(digits.y_train)
+    assert n_train_full + len(digits.y_test) == 1797  # the whole embedded data set
+    tr, va = digits.train_idx.numpy(), digits.val_idx.numpy()
+    assert len(np.intersect1d(tr, va)) == 0
+    assert len(tr) + len(va) == n_train_full
+    y = digits.y_train.numpy()
+    for c in range(10):  # 10% of every class, rounded down
+        assert (y[va] == c).sum() == int(0.1 * (y == c).sum())
+
+
+def test_digits_test_set_does_not_depend_on_seed():
+    a, b = load_data("digits", "./data", seed=1), load_data("digits", "./data", seed=7)
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_test, b.y_test)
+    assert not torch.equal(a.val_idx, b.val_idx)  # the validation hold-out is seeded
+
+
+def test_validation_split_matches_cifar10_sizes():
+    y = np.repeat(np.arange(10), 5000)
+    tr, va = validation_split(y, seed=0)
+    assert (len(tr), len(va)) == (45000, 5000)
+
+
+def test_forget_split_is_deterministic_and_disjoint(digits):
+    a = forget_split(digits, seed=1, class_to_replace=-1, num_indexes=50)
+    b = forget_split(digits, seed=1, class_to_replace=-1, num_indexes=50)
+    assert torch.equal(a.forget, b.forget) and a.info == b.info
+    assert len(a.forget) == 50 and len(np.intersect1d(a.forget, a.retain)) == 0
+    assert len(a.forget) + len(a.retain) == len(digits.train_idx)
+    assert len(np.intersect1d(a.forget, digits.val_idx)) == 0
+
+
+def test_different_seed_gives_different_random_forget_set(digits):
+    a = forget_split(digits, seed=1, class_to_replace=-1, num_indexes=50)
+    b = forget_split(digits, seed=2, class_to_replace=-1, num_indexes=50)
+    assert not torch.equal(a.forget, b.forget)
+
+
+def test_class_forgetting_takes_exactly_the_class(digits):
+    s = forget_split(digits, seed=1, class_to_replace=3, num_indexes=None)
+    y = digits.y_train
+    in_class = digits.train_idx[y[digits.train_idx] == 3]
+    assert torch.equal(torch.sort(s.forget).values, torch.sort(in_class).values)
+    assert s.info["mode"] == "class" and s.is_class_forgetting
+    assert (y[s.retain] != 3).all()
+    part = forget_split(digits, seed=1, class_to_replace=3, num_indexes=10)
+    assert part.info["mode"] == "subset" and (y[part.forget] == 3).all() and len(part.forget) == 10
+
+
+@pytest.mark.parametrize("c, n, message", [
+    (10, 5, "outside [-1, 10)"),
+    (-2, 5, "outside [-1, 10)"),
+    (0, 10_000, "larger than class 0, which has"),
+    (-1, 10_000, "larger than the training set"),
+    (0, 0, "at least 1"),
+    (-1, None, "needs --num_indexes_to_replace"),
+])
+def test_bad_forget_arguments(c, n, message):
+    y = np.repeat(np.arange(10), 20)
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        forget_indices(y, np.arange(len(y)), 0, c, n, 10)
+
+
+def test_missing_dataset_names_folder_and_file(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_data("cifar100", tmp_path, seed=0)
+    assert str(tmp_path) in str(e.value) and "cifar-100-python.tar.gz" in str(e.value)
+
+
+def test_unknown_dataset_lists_choices():
+    with pytest.raises(UserError, match="choices: .*digits"):
+        load_data("imagenet21k", "./data", seed=0)
+
+
+def test_augment_crops_and_flips_per_sample():
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32).to(torch.uint8)
+    out = augment(x.repeat(16, 1, 1, 1), flip=True)
+    assert out.shape == (32, 3, 32, 32) and out.dtype == torch.uint8
+    assert len({o.sum().item() for o in out}) > 1  # samples got different crops
+    torch.manual_seed(0)
+    assert torch.equal(out, augment(x.repeat(16, 1, 1, 1), flip=True))  # seeded

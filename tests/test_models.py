@@ -1,0 +1,32 @@
+"""Every registered architecture: forward and backward at its smallest input size.
+Found through the registry, so a new model is tested without a new test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import MODELS, create_model, list_models
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_forward_backward(name, in_channels):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, in_channels=in_channels)
+    size = max(MODELS[name].min_size, 8)
+    x = torch.randn(4, in_channels, size, size)
+    out = model(x)
+    assert out.shape == (4, 7)
+    out.logsumexp(1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_imagenet_stem_on_64x64():
+    model = create_model("resnet18", num_classes=200, in_channels=3, imagenet_arch=True)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 200)
+
+
+def test_unknown_architecture_lists_choices():
+    with pytest.raises(KeyError, match="resnet18"):
+        create_model("alexnet", 10)

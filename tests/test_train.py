@@ -1,0 +1,91 @@
+"""End to end: main_baseline.py and main_ideal.py on digits, and their bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import EPOCHS, run_script
+
+from models import create_model
+from utils import UserError, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def _load(path, **kw):
+    ckpt = load_checkpoint(path, **kw)
+    model = create_model(ckpt["arch"], ckpt["num_classes"], 1)
+    model.load_state_dict(ckpt["state_dict"])
+    return ckpt, model
+
+
+def test_original_model_is_accurate_and_records_its_making(digits_models):
+    ckpt, _ = _load(digits_models["original"], dataset="digits", arch="smallcnn")
+    assert ckpt["accuracy"]["TA"] >= 90
+    assert ckpt["kind"] == "original" and ckpt["epochs"] == EPOCHS and ckpt["seed"] == 1
+    assert ckpt["split"]["mode"] == "random" and ckpt["split"]["num_forget"] == 100
+    assert ckpt["provenance"]["torch"] == torch.__version__ and "git_commit" in ckpt["provenance"]
+    assert ckpt["args"]["dataset"] == "digits"
+    record = json.loads(digits_models["original"].with_name(
+        digits_models["original"].name.replace(".pth.tar", ".forget.json")).read_text())
+    assert record["forget_idx"] == ckpt["forget_idx"].tolist() and len(record["forget_idx"]) == 100
+
+
+def test_ideal_models_forget_accuracy(digits_models):
+    rnd, _ = _load(digits_models["ideal_random"])
+    cls, _ = _load(digits_models["ideal_class"])
+    orig, _ = _load(digits_models["original"])
+    assert torch.equal(rnd["forget_idx"], orig["forget_idx"])  # the same D_F from the same arguments
+    # random forgetting: unseen samples are classified about as well as the test set
+    assert abs(rnd["accuracy"]["FA"] - rnd["accuracy"]["TA"]) < 8
+    assert rnd["accuracy"]["FA"] < orig["accuracy"]["FA"] or orig["accuracy"]["FA"] == 100
+    # class forgetting: the class was never seen, so it is (almost) never predicted
+    assert cls["accuracy"]["FA"] < 5 and cls["accuracy"]["TA"] >= 90
+    assert cls["split"]["mode"] == "class"
+
+
+def test_checkpoint_of_other_dataset_or_arch_is_refused(digits_models):
+    with pytest.raises(UserError, match="dataset 'digits', but --dataset is 'cifar10'"):
+        load_checkpoint(digits_models["original"], dataset="cifar10")
+    with pytest.raises(UserError, match="arch 'smallcnn', but --arch is 'resnet18'"):
+        load_checkpoint(digits_models["original"], arch="resnet18")
+
+
+def test_cpu_training_is_deterministic(tmp_path):
+    args = ["--dataset", "digits", "--epochs", "2", "--seed", "5", "--quiet", "--num_indexes_to_replace", "10"]
+    run_script("main_baseline.py", *args, "--save_dir", str(tmp_path / "a"))
+    run_script("main_baseline.py", *args, "--save_dir", str(tmp_path / "b"))
+    a = torch.load(tmp_path / "a" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "b" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resnet18_trains_on_digits(tmp_path):
+    """The papers' command with --dataset digits in place of cifar10 and a smaller --epochs."""
+    run_script("main_baseline.py", "--data", "./data", "--dataset", "digits", "--arch", "resnet18",
+               "--save_dir", str(tmp_path), "--epochs", "1", "--num_indexes_to_replace", "45", "--quiet")
+    ckpt = load_checkpoint(tmp_path / "2resnet18_ep1model_SA_best.pth.tar", dataset="digits", arch="resnet18")
+    assert ckpt["num_classes"] == 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "cifar10", "--data", "{tmp}/nodata"], "place cifar-10-python.tar.gz"),
+    (["--arch", "alexnet"], "invalid choice: 'alexnet' (choose from"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet' (choose from"),
+    (["--class_to_replace", "10"], "outside [-1, 10)"),
+    (["--num_indexes_to_replace", "5000"], "larger than class 0, which has"),
+    (["--class_to_replace", "-1", "--num_indexes_to_replace", "99999"], "larger than the training set"),
+    (["--num_indexes_to_replace", "0"], "at least 1 sample"),
+    (["--save_dir", "/proc/not_writable"], "is not writable"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--save_dir" not in args:
+        args += ["--save_dir", str(tmp_path / "out")]
+    proc = run_script("main_baseline.py", "--epochs", "1", "--quiet", *args, check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not list(tmp_path.rglob("*.pth.tar"))  # nothing trained, nothing written

@@ -1,0 +1,123 @@
+"""Training from scratch, shared by main_baseline.py (on the whole training set: the
+original model) and main_ideal.py (on the retain set only: the ideal model).
+
+Training from scratch is FT from a random initialisation, so it runs through the
+same engine loop as unlearning. The best epoch by validation accuracy is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+import utils
+from dataset import ForgetSplit, forget_split, load_data
+from evaluation.accuracy import accuracy, logits_of, split_accuracies
+from models import create_model
+from unlearn.engine import Recipe, run
+from unlearn.methods.ft import FT
+from utils import UserError
+
+
+def build_parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    utils.add_common_args(parser)
+    utils.add_train_args(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def validate_recipe(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+
+
+def setup(args: argparse.Namespace):
+    """Everything both scripts do before training: device, data, forget set, model."""
+    utils.resolve_arch(args)
+    validate_recipe(args)
+    save_dir = utils.check_writable(args.save_dir)
+    device = utils.pick_device(args.gpu)
+    utils.set_seed(args.seed)
+    data = load_data(args.dataset, args.data, args.seed, args.num_classes, args.no_aug)
+    split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
+    model = create_model(args.arch, data.num_classes, data.in_channels, args.imagenet_arch)
+    return save_dir, device, data.to(device), split.to(device), model.to(device)
+
+
+def train(args: argparse.Namespace, ideal: bool) -> Path:
+    save_dir, device, data, split, model = setup(args)
+    n = split.info["num_indexes_to_replace"]
+    if ideal:
+        path = utils.ideal_checkpoint_path(save_dir, args.seed, args.arch, args.epochs, args.class_to_replace, n)
+        train_idx, kind = split.retain, "ideal"
+    else:
+        path = utils.original_checkpoint_path(save_dir, args.seed, args.arch, args.epochs)
+        train_idx, kind = data.train_idx, "original"
+    forgotten = args.class_to_replace if split.is_class_forgetting else None
+    # The ideal model of class forgetting never saw the class: select it on the other classes.
+    val_idx = data.val_idx if not (ideal and forgotten is not None) else \
+        data.val_idx[data.y_train[data.val_idx] != forgotten]
+    print(f"{kind} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "
+          f"{len(data.val_idx)} validation, {len(data.y_test)} test), device {device}, "
+          f"forget set: {split.info['mode']} C={args.class_to_replace} N={n}")
+
+    best = {"val": -1.0, "epoch": 0, "state": None}
+
+    def on_epoch_end(epoch: int, record: dict) -> dict:
+        val = accuracy(logits_of(model, data, data.x_train[val_idx]), data.y_train[val_idx])
+        if val > best["val"]:
+            best.update(val=val, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
+        print(f"epoch {epoch + 1}/{args.epochs}  loss {record['utility']:.4f}  "
+              f"train acc {record['retain_acc']:.2f}  val acc {val:.2f}  lr {record['lr']:.4g}  "
+              f"{record['time_s']:.1f}s", flush=True)
+        return {"val_acc": val}
+
+    recipe = Recipe(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
+                    weight_decay=args.weight_decay, decreasing_lr=args.decreasing_lr, warmup=args.warmup)
+    empty = torch.empty(0, dtype=torch.long, device=device)
+    t0 = time.perf_counter()
+    _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, on_epoch_end=on_epoch_end,
+                     progress=not args.quiet, desc=kind)
+    wall = time.perf_counter() - t0
+    model.load_state_dict(best["state"])
+
+    acc = split_accuracies(model, data, split.forget, split.retain, forgotten)
+    acc["train"] = accuracy(logits_of(model, data, data.x_train[data.train_idx]), data.y_train[data.train_idx])
+    save(path, model, args, kind, split, acc, best["epoch"], history, wall)
+    extra = f"  forget acc {acc['FA']:.2f}" if ideal else ""
+    print(f"done: {kind} model, best epoch {best['epoch']}: train acc {acc['train']:.2f}  val acc {acc['VA']:.2f}  "
+          f"test acc {acc['TA']:.2f}{extra}  wall time {wall:.1f}s -> {path}")
+    return path
+
+
+def save(path: Path, model, args, kind: str, split: ForgetSplit, acc: dict, best_epoch: int,
+         history: list, wall: float) -> None:
+    state = {
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+        "kind": kind, "arch": args.arch, "dataset": args.dataset,
+        "num_classes": model_num_classes(model), "imagenet_arch": args.imagenet_arch,
+        "seed": args.seed, "epochs": args.epochs, "best_epoch": best_epoch,
+        "args": vars(args), "split": split.info, "forget_idx": split.forget.cpu(),
+        "accuracy": acc, "history": history, "train_time_s": wall, "provenance": utils.provenance(),
+    }
+    utils.save_checkpoint(state, path)
+    utils.write_json({**split.info, "checkpoint": path.name, "forget_idx": split.forget.cpu().tolist()},
+                     forget_record_path(path))
+
+
+def forget_record_path(checkpoint: Path) -> Path:
+    """The auditable record of the forget set, written beside each checkpoint."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pth.tar") + ".forget.json")
+
+
+def model_num_classes(model) -> int:
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    return last.out_features

@@ -1,0 +1,25 @@
+"""Mask ("Masking Gradients Can Improve Machine Unlearning"): keep coordinate i only
+where the unlearning and utility gradients agree in sign, g_U,i * g_C,i > 0. On the
+kept coordinates the step cannot increase L_C to first order (a feasible update)."""
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from unlearn import register_addon
+from unlearn.addons.common import Addon, apply_mask
+
+
+def sign_agreement(g_u: Tensor, g_c: Tensor) -> Tensor:
+    """Boolean mask of the coordinates where both gradients point the same way (zeros excluded)."""
+    return (g_u * g_c) > 0
+
+
+@register_addon("Mask")
+@dataclass
+class Mask(Addon):
+    needs = ("unlearn", "utility")
+
+    def direction(self, g_u, g_c, g_obj):
+        keep = [sign_agreement(u, c) for u, c in zip(g_u, g_c)]
+        return apply_mask(g_obj, keep), keep

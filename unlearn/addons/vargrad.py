@@ -1,0 +1,84 @@
+"""VarGrad ("Improving Unlearning with Model Updates Probably Aligned with Gradients",
+AISec'25): keep coordinate i when the true utility gradient probably agrees in sign
+with the unlearning step. Running EMA estimates (factor beta) of the mean m_i and the
+variance v_i of the batch utility gradient give, under a Gaussian model of the noise,
+p_i = Phi(sign(g_U,i) * m_i / sqrt(v_i + eps)); coordinate i is kept when p_i > quantile.
+
+Before the first step the statistics are warmed up on `warmup` retain batches, and p_i
+counts as 0.5 until two batches have been seen, so that a threshold above 0.5 never
+passes on a variance of zero. With beta = 0 the estimate is the current batch gradient
+and quantile 0.5 keeps exactly the coordinates of `Mask`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from unlearn import register_addon
+from unlearn.addons.common import Addon, apply_mask
+
+EPS = 1e-16  # added to the variance; far below squared float32 gradients of any size that matters
+
+
+def ema_moments(mean: Tensor, var: Tensor, g: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """One exponential-moving-average update of the mean and variance with a new sample g."""
+    delta = g - mean
+    mean = mean + (1 - beta) * delta
+    var = beta * (var + (1 - beta) * delta * delta)
+    return mean, var
+
+
+def alignment_z(g_u: Tensor, mean: Tensor, var: Tensor, eps: float = EPS) -> Tensor:
+    """z_i = sign(g_U,i) * m_i / sqrt(v_i + eps); the probability of alignment is Phi(z_i)."""
+    return torch.sign(g_u) * mean / torch.sqrt(var + eps)
+
+
+def aligned_probability(g_u: Tensor, mean: Tensor, var: Tensor, eps: float = EPS) -> Tensor:
+    return torch.special.ndtr(alignment_z(g_u, mean, var, eps))
+
+
+def probably_aligned(g_u: Tensor, mean: Tensor, var: Tensor, quantile: float, eps: float = EPS) -> Tensor:
+    """Keep mask p_i > quantile, compared as z_i > Phi^-1(quantile) so that no rounding of Phi
+    near 0.5 or 1 changes the decision."""
+    threshold = torch.special.ndtri(torch.tensor(quantile, dtype=torch.float64)).item()
+    return alignment_z(g_u, mean, var, eps) > threshold
+
+
+@register_addon("VarGrad")
+@dataclass
+class VarGrad(Addon):
+    beta: float = 0.9  # EMA factor of the running mean and variance
+    quantile: float = 0.55  # keep when the probability of alignment exceeds it
+    warmup: int = 4  # retain batches seen before the first step
+    needs = ("unlearn", "utility")
+    mean: list[Tensor] | None = field(default=None, repr=False)
+    var: list[Tensor] | None = field(default=None, repr=False)
+    seen: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.beta < 1:
+            raise ValueError(f"VarGrad: --beta must be in [0, 1), got {self.beta}")
+        if not 0 < self.quantile < 1:
+            raise ValueError(f"VarGrad: --quantile must be in (0, 1), got {self.quantile}")
+
+    def observe(self, g_c: list[Tensor]) -> None:
+        if self.mean is None:  # the first sample is the mean; no variance yet
+            self.mean, self.var = [g.clone() for g in g_c], [torch.zeros_like(g) for g in g_c]
+        else:
+            pairs = [ema_moments(m, v, g, self.beta) for m, v, g in zip(self.mean, self.var, g_c)]
+            self.mean, self.var = [p[0] for p in pairs], [p[1] for p in pairs]
+        self.seen += 1
+
+    def prepare(self, source):
+        for g_c in source.retain_grads(self.warmup):
+            self.observe(g_c)
+
+    def direction(self, g_u, g_c, g_obj):
+        self.observe(g_c)
+        if self.seen < 2:  # p counts as 0.5, which passes only a threshold below 0.5
+            keep = [torch.full_like(g, self.quantile < 0.5, dtype=torch.bool) for g in g_obj]
+        else:
+            keep = [probably_aligned(u, m, v, self.quantile) for u, m, v in zip(g_u, self.mean, self.var)]
+        return apply_mask(g_obj, keep), keep

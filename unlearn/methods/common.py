@@ -1,0 +1,110 @@
+"""What every method shares: the base record, the context, and small loss helpers.
+
+A method is a dataclass of hyper-parameters (with the published defaults) and
+one function, `losses(model, forget, retain, progress)`, that returns its loss
+terms: "unlearn" (on the forget batch) and/or "utility" (on the retain batch).
+Any other key is a monitored figure (a detached tensor), averaged per epoch.
+Methods never see the optimizer, the device or the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Batch(NamedTuple):
+    x: Tensor
+    y: Tensor
+
+
+@dataclass(frozen=True)
+class Progress:
+    epoch: int  # 0-based
+    epochs: int
+    step: int  # within the epoch
+    steps: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of the run done before this step, in [0, 1)."""
+        return (self.epoch + self.step / self.steps) / self.epochs
+
+
+class Context:
+    """What a method may ask for before unlearning starts (read lazily, copied once)."""
+
+    def __init__(self, model: nn.Module, num_classes: int, num_forget: int, num_retain: int):
+        self._model = model
+        self.num_classes, self.num_forget, self.num_retain = num_classes, num_forget, num_retain
+
+    @cached_property
+    def original(self) -> nn.Module:
+        """A frozen copy of the model as it was before unlearning (a teacher)."""
+        return _frozen(copy.deepcopy(self._model))
+
+    def random_model(self) -> nn.Module:
+        """A frozen, freshly initialised network of the same architecture (an incompetent teacher)."""
+        net = copy.deepcopy(self._model)
+        for m in net.modules():
+            if hasattr(m, "reset_parameters") and m is not net:
+                m.reset_parameters()
+        return _frozen(net)
+
+
+def _frozen(net: nn.Module) -> nn.Module:
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+@dataclass
+class Method:
+    """Base record. Class attributes say what the engine must provide."""
+
+    name: ClassVar[str]
+    uses: ClassVar[tuple[str, ...]] = ("forget", "retain")  # batches `losses` reads
+    epoch_over: ClassVar[str] = "forget"  # the set one epoch passes over once
+    unlearn_epochs: ClassVar[int] = 10  # published defaults, used when the flags are not given
+    unlearn_lr: ClassVar[float] = 0.01
+
+    def setup(self, ctx: Context) -> None:
+        """Called once before the first step."""
+
+    def losses(self, model: nn.Module, forget: Batch | None, retain: Batch | None,
+               progress: Progress) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------ helpers
+def ce(model: nn.Module, batch: Batch, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of the model on a batch (against `labels` if given) and its accuracy (%)."""
+    logits = model(batch.x)
+    target = batch.y if labels is None else labels
+    return F.cross_entropy(logits, target), accuracy(logits, batch.y)
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    return (logits.argmax(1) == y).float().mean().detach() * 100
+
+
+def kl_to_teacher(student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0) -> Tensor:
+    """KL(teacher || student) of the softened outputs, times T^2 (Hinton et al. 2015)."""
+    return F.kl_div(F.log_softmax(student_logits / T, 1), F.log_softmax(teacher_logits / T, 1),
+                    reduction="batchmean", log_target=True) * T * T
+
+
+def l1_norm(model: nn.Module) -> Tensor:
+    return sum(p.abs().sum() for p in model.parameters())
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, x: Tensor) -> Tensor:
+    return teacher(x)

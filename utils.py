@@ -1,0 +1,216 @@
+"""Helpers shared by the entry scripts: errors, device, seeding, provenance,
+checkpoint names and I/O, and the argument groups every script takes.
+
+Library code never picks a device or reads `args`; the entry scripts do both
+once, here, and pass plain values on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, without a traceback, and exit code 2."""
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run an entry script's main(); a UserError becomes `error: ...` and exit 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------- device, seed
+def pick_device(gpu: int | None) -> torch.device:
+    """CUDA card `gpu` (default 0) when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        index = gpu or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return torch.device(f"cuda:{index}")
+    if gpu not in (None, 0):
+        print(f"warning: --gpu {gpu} given but CUDA is not available; using the CPU", file=sys.stderr)
+    return torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator the toolkit draws from (Python, NumPy, torch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------ provenance
+def git_commit() -> str:
+    """The commit of this checkout, with `-dirty` when it has local changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def provenance() -> dict[str, str]:
+    """What produced a result: commit, Python and package versions, machine."""
+    import sklearn
+
+    info = {
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "cuda": torch.version.cuda or "none",
+        "host": platform.node(),
+    }
+    for pkg in ("torchvision", "mlflow", "scipy"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return info
+
+
+# ----------------------------------------------------------------- checkpoints
+def original_checkpoint_path(save_dir: str | Path, seed: int, arch: str, epochs: int) -> Path:
+    """The name the papers' commands pass to `--mask`."""
+    return Path(save_dir) / f"{seed}{arch}_ep{epochs}model_SA_best.pth.tar"
+
+
+def ideal_checkpoint_path(save_dir: str | Path, seed: int, arch: str, epochs: int,
+                          class_to_replace: int, num_indexes: int) -> Path:
+    """The ideal (retrained) model for one forget set; every script derives it from the same args."""
+    return Path(save_dir) / f"{seed}{arch}_ep{epochs}_C{class_to_replace}_N{num_indexes}_ideal.pth.tar"
+
+
+def check_writable(save_dir: str | Path) -> Path:
+    """Create `save_dir` if needed and prove a file can be written there, before any training."""
+    path = Path(save_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--save_dir {path} is not writable ({e.strerror}); pick another folder") from None
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write atomically (temp file + rename) so an interrupted save never leaves half a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str | None = None,
+                    made_by: str = "") -> dict[str, Any]:
+    """Load a checkpoint and refuse one made for another data set or architecture."""
+    path = Path(path)
+    if not path.is_file():
+        hint = f"; create it with: {made_by}" if made_by else ""
+        raise UserError(f"checkpoint {path} not found{hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which file, not a traceback
+        raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UserError(f"checkpoint {path} is not a checkpoint of this toolkit (no state_dict)")
+    for key, want in (("dataset", dataset), ("arch", arch)):
+        have = ckpt.get(key)
+        if want is not None and have is not None and have != want:
+            raise UserError(f"checkpoint {path} was trained with {key} {have!r}, but --{key} is {want!r}")
+    return ckpt
+
+
+def write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------- argument groups
+def int_list(text: str) -> list[int]:
+    """`91,136` -> [91, 136] (the papers' --decreasing_lr format); empty -> []."""
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Data, forget-set, model and device options: the same in every script."""
+    from dataset import DATASETS
+    from models import list_models
+
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", default="./data", help="folder holding the data sets (default ./data)")
+    g.add_argument("--dataset", default="digits", choices=sorted(DATASETS), metavar="NAME",
+                   help=f"one of {', '.join(sorted(DATASETS))} (default digits, embedded in scikit-learn)")
+    g.add_argument("--no-aug", "--no_aug", dest="no_aug", action="store_true",
+                   help="turn off training augmentation (random crop + flip on 32x32 data)")
+    g.add_argument("--seed", type=int, default=2, help="seed of the split, forget set and training (default 2)")
+
+    g = parser.add_argument_group("forget set")
+    g.add_argument("--class_to_replace", type=int, default=0,
+                   help="class to forget from; -1 = random samples across classes (default 0)")
+    g.add_argument("--num_indexes_to_replace", type=int, default=None,
+                   help="size N of the forget set; the class size (the default) forgets the whole class")
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--arch", default=None, choices=list_models(), metavar="ARCH",
+                   help=f"one of {', '.join(list_models())} (default: resnet18, smallcnn on digits)")
+    g.add_argument("--num_classes", type=int, default=None, help="override the data set's class count")
+    g.add_argument("--imagenet_arch", action="store_true", help="ImageNet-style stem (64x64 Tiny-ImageNet)")
+
+    g = parser.add_argument_group("device and output")
+    g.add_argument("--gpu", type=int, default=None, help="CUDA card index (default 0 when CUDA is available)")
+    g.add_argument("--save_dir", default="./results", help="where checkpoints are written (default ./results)")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """The Unlearn-Sparse training recipe (original and ideal models)."""
+    g = parser.add_argument_group("training recipe (Unlearn-Sparse defaults)")
+    g.add_argument("--epochs", type=int, default=182, help="training epochs (default 182)")
+    g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--batch_size", type=int, default=256, help="batch size (default 256)")
+    g.add_argument("--decreasing_lr", type=int_list, default=[91, 136],
+                   help="epochs at which lr is multiplied by 0.1, comma-separated (default 91,136)")
+    g.add_argument("--warmup", type=int, default=0, help="epochs of linear lr warm-up (default 0)")
+    g.add_argument("--print_freq", type=int, default=50, help="kept for the papers' commands; unused")
+
+
+def default_arch(dataset: str) -> str:
+    return "smallcnn" if dataset == "digits" else "resnet18"
+
+
+def resolve_arch(args: argparse.Namespace) -> str:
+    if args.arch is None:
+        args.arch = default_arch(args.dataset)
+    return args.arch
