@@ -1,7 +1,7 @@
 """Accuracy on the splits: RA (retain), FA (forget), UA = 100 - FA, TA (test), VA (validation).
 
-For class forgetting TA is measured on the other classes and the forgotten class's
-test accuracy is reported apart (`TA_forgotten_class`)."""
+For class forgetting TA and VA are measured on the other classes and the forgotten
+class's test accuracy is reported apart (`TA_forgotten_class`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ def split_accuracies(model: nn.Module, data, forget: Tensor, retain: Tensor,
     def acc_train(idx):
         return accuracy(logits_of(model, data, data.x_train[idx]), data.y_train[idx])
 
-    out = {"RA": acc_train(retain), "FA": acc_train(forget), "VA": acc_train(data.val_idx)}
+    val = data.val_idx
+    if forgotten_class is not None:  # like TA: the forgotten class's validation samples are not utility
+        val = val[data.y_train[val] != forgotten_class]
+    out = {"RA": acc_train(retain), "FA": acc_train(forget), "VA": acc_train(val)}
     out["UA"] = 100 - out["FA"]
     test_logits = logits_of(model, data, data.x_test)
     if forgotten_class is None:

@@ -71,7 +71,8 @@ def parse_unlearn(spec: str) -> tuple[str, str]:
 
 
 def hyperparameters(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
+    """The constructor fields of a method or add-on (state fields have init=False)."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
 def build(cls: type, **kw: Any):

@@ -217,6 +217,7 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
                 _check_finite(sums, epoch, step)
                 if progress:
                     bar.set_postfix({k: f"{v.item() / (step + 1):.3g}" for k, v in sums.items()}, refresh=False)
+        bar.close()
         sync(params[0].device)
         record = {"epoch": epoch + 1, "lr": lr, "steps": len(chunks), "time_s": time.perf_counter() - t0}
         record.update({k: v.item() / len(chunks) for k, v in sums.items()})

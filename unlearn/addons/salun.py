@@ -31,7 +31,7 @@ def saliency_mask(scores: list[Tensor], quantile: float) -> list[Tensor]:
 class SalUn(Addon):
     quantile: float = 0.5  # share of weights frozen (the lowest saliency)
     needs = ()
-    keep: list[Tensor] | None = field(default=None, repr=False)
+    keep: list[Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if not 0 <= self.quantile < 1:

@@ -4,7 +4,7 @@ with the unlearning step. Running EMA estimates (factor beta) of the mean m_i an
 variance v_i of the batch utility gradient give, under a Gaussian model of the noise,
 p_i = Phi(sign(g_U,i) * m_i / sqrt(v_i + eps)); coordinate i is kept when p_i > quantile.
 
-Before the first step the statistics are warmed up on `warmup` retain batches, and p_i
+Before the first step the statistics are warmed up on `warmup_batches` retain batches, and p_i
 counts as 0.5 until two batches have been seen, so that a threshold above 0.5 never
 passes on a variance of zero. With beta = 0 the estimate is the current batch gradient
 and quantile 0.5 keeps exactly the coordinates of `Mask`."""
@@ -51,17 +51,17 @@ def probably_aligned(g_u: Tensor, mean: Tensor, var: Tensor, quantile: float, ep
 class VarGrad(Addon):
     beta: float = 0.9  # EMA factor of the running mean and variance
     quantile: float = 0.55  # keep when the probability of alignment exceeds it
-    warmup: int = 4  # retain batches seen before the first step
+    warmup_batches: int = 4  # retain batches seen before the first step
     needs = ("unlearn", "utility")
-    mean: list[Tensor] | None = field(default=None, repr=False)
-    var: list[Tensor] | None = field(default=None, repr=False)
-    seen: int = 0
+    mean: list[Tensor] | None = field(default=None, init=False, repr=False)
+    var: list[Tensor] | None = field(default=None, init=False, repr=False)
+    seen: int = field(default=0, init=False)
 
     def __post_init__(self):
         if not 0 <= self.beta < 1:
             raise ValueError(f"VarGrad: --beta must be in [0, 1), got {self.beta}")
-        if not 0 < self.quantile < 1:
-            raise ValueError(f"VarGrad: --quantile must be in (0, 1), got {self.quantile}")
+        if not 0 < self.quantile <= 1:  # 1 keeps nothing: every coordinate frozen
+            raise ValueError(f"VarGrad: --quantile must be in (0, 1], got {self.quantile}")
 
     def observe(self, g_c: list[Tensor]) -> None:
         if self.mean is None:  # the first sample is the mean; no variance yet
@@ -72,7 +72,7 @@ class VarGrad(Addon):
         self.seen += 1
 
     def prepare(self, source):
-        for g_c in source.retain_grads(self.warmup):
+        for g_c in source.retain_grads(self.warmup_batches):
             self.observe(g_c)
 
     def direction(self, g_u, g_c, g_obj):

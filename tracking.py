@@ -1,0 +1,103 @@
+"""MLflow helpers: where the runs go, and one run's life (start, log, end with a status).
+
+Default store: the database backend `sqlite:///mlruns/mlflow.db` (MLflow 3 no longer
+takes a plain ./mlruns folder), with artifacts under `mlruns/artifacts/`.
+`--tracking_uri`, else the standard MLFLOW_TRACKING_URI, overrides it; point it at a
+shared `mlflow server` to collect the runs of many machines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+RETRIES = 8  # a busy sqlite file ("database is locked") is retried with back-off
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def client(uri: str):
+    """An MlflowClient for `uri`; creates the folder of a sqlite store."""
+    from mlflow import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def retry(fn, *args, **kw):
+    """Call an MLflow function, retrying while a shared sqlite file is locked by another run."""
+    for attempt in range(RETRIES):
+        try:
+            return fn(*args, **kw)
+        except Exception as e:  # MlflowException / OperationalError wrap the lock error
+            if "locked" not in str(e).lower() or attempt == RETRIES - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+
+
+def experiment_id(c, uri: str, name: str) -> str:
+    """The id of experiment `name`, created on first use (artifacts beside a sqlite store)."""
+    exp = retry(c.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "artifacts" / name).resolve().as_uri() if db is not None else None
+    try:
+        return retry(c.create_experiment, name, artifact_location=location)
+    except Exception:  # another process created it first
+        exp = retry(c.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Run:
+    """One MLflow run. Ends FINISHED on success, FAILED (with the reason as a tag) otherwise."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, tags: dict[str, str]):
+        self.uri = resolve_uri(uri)
+        self.client = client(self.uri)
+        exp = experiment_id(self.client, self.uri, experiment)
+        self.run = retry(self.client.create_run, exp, run_name=run_name, tags=tags)
+        self.id = self.run.info.run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # the API takes at most 100 parameters per call
+            retry(self.client.log_batch, self.id, params=items[i:i + 100])
+
+    def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, int | float) and not math.isnan(float(v))]
+        for i in range(0, len(items), 1000):
+            retry(self.client.log_batch, self.id, metrics=items[i:i + 1000])
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        retry(self.client.log_batch, self.id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def artifact(self, path: Path) -> None:
+        retry(self.client.log_artifact, self.id, str(path))
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if reason:
+            self.tags({"failure_reason": reason})
+        retry(self.client.set_terminated, self.id, status)

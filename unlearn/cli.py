@@ -1,0 +1,197 @@
+"""From the command line to one tracked unlearning run (the body of mlflow_forget.py).
+
+Flags for method and add-on hyper-parameters are generated from the registries,
+so a new method's `alpha: float = 0.5` field is `--alpha` with no code here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import utils
+from dataset import forget_split, load_data
+from evaluation.accuracy import split_accuracies
+from models import create_model
+from tracking import Run
+from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn
+from unlearn.engine import Diverged, Recipe, run
+from utils import UserError
+
+
+def build_parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    utils.add_common_args(parser)
+    g = parser.add_argument_group("unlearning")
+    g.add_argument("--unlearn", default="VarGrad", metavar="METHOD[+ADDON]",
+                   help=f"what to run (default VarGrad = GA+VarGrad); {choices_text()}")
+    g.add_argument("--mask", default=None, metavar="CHECKPOINT",
+                   help="the original model (main_baseline.py's output; default: its name under --save_dir)")
+    g.add_argument("--epochs", type=int, default=182,
+                   help="training epochs of the original model: names its checkpoint (default 182)")
+    g.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: the method's)")
+    g.add_argument("--unlearn_lr", type=float, default=None, help="unlearning learning rate (default: the method's)")
+    g.add_argument("--batch_size", type=int, default=256, help="batch size of forget and retain batches (256)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--decreasing_lr", type=utils.int_list, default=[],
+                   help="unlearning epochs at which lr is multiplied by 0.1, comma-separated (default none)")
+    g.add_argument("--warmup", type=int, default=0, help="epochs of linear lr warm-up (default 0)")
+    g.add_argument("--print_freq", type=int, default=50, help="kept for the papers' commands; unused")
+    _registry_flags(parser.add_argument_group("method hyper-parameters (default: each method's own)"), METHODS, set())
+    _registry_flags(parser.add_argument_group("add-on hyper-parameters (default: each add-on's own)"), ADDONS,
+                    set(_all_fields(METHODS)))
+    g = parser.add_argument_group("tracking")
+    g.add_argument("--tracking_uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
+    g.add_argument("--experiment", default=None, help="MLflow experiment (default: the data set's name)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _all_fields(registry: dict) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for name, cls in registry.items():
+        for f in hyperparameters(cls).values():
+            out.setdefault(f.name, []).append((name, f.default))
+    return out
+
+
+def _registry_flags(group, registry: dict, skip: set) -> None:
+    for field, owners in _all_fields(registry).items():
+        if field in skip:
+            continue
+        kind = type(owners[0][1])
+        defaults = "; ".join(f"{n}: {d}" for n, d in owners)
+        group.add_argument(f"--{field}", type=kind, default=None, help=f"{defaults}")
+
+
+def original_path(args: argparse.Namespace) -> Path:
+    return Path(args.mask) if args.mask else utils.original_checkpoint_path(
+        args.save_dir, args.seed, args.arch or utils.default_arch(args.dataset), args.epochs)
+
+
+def baseline_command(args: argparse.Namespace, path: Path) -> str:
+    arch = args.arch or utils.default_arch(args.dataset)
+    return (f"python main_baseline.py --data {shlex.quote(args.data)} --dataset {args.dataset} --arch {arch} "
+            f"--seed {args.seed} --epochs {args.epochs} --save_dir {shlex.quote(str(path.parent))}")
+
+
+def unlearned_path(save_dir: Path, args, spec: str, run_id: str, n: int) -> Path:
+    safe = spec.replace("+", "_")
+    return save_dir / "unlearned" / (f"{args.seed}{args.arch}_ep{args.epochs}_C{args.class_to_replace}_N{n}_"
+                                     f"{safe}_{run_id[:8]}.pth.tar")
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Unlearn, evaluate and log one run; returns the final metrics."""
+    try:
+        method_name, addon_name = parse_unlearn(args.unlearn)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for name in ("unlearn_epochs", "batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1")
+    path = original_path(args)
+    ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch,
+                                 made_by=baseline_command(args, path))
+    args.arch = args.arch or ckpt["arch"]
+    if ckpt.get("seed") not in (None, args.seed):
+        print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
+              file=sys.stderr)
+    hp = {k: getattr(args, k) for k in set(_all_fields(METHODS)) | set(_all_fields(ADDONS))}
+    hp = {k: v for k, v in hp.items() if v is not None}
+    try:
+        method, addon = make(args.unlearn, **{k: v for k, v in hp.items()
+                                              if k in hyperparameters(METHODS[method_name])
+                                              or k in hyperparameters(ADDONS[addon_name])})
+    except (ValueError, TypeError) as e:
+        raise UserError(str(e)) from None
+
+    save_dir = utils.check_writable(args.save_dir)
+    device = utils.pick_device(args.gpu)
+    utils.set_seed(args.seed)
+    data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug).to(device)
+    split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace).to(device)
+    needs_f = "forget" in method.uses or "unlearn" in addon.needs
+    if needs_f and not len(split.forget) or not len(split.retain) and ("retain" in method.uses or addon.needs):
+        raise UserError(f"{method_name}+{addon_name} needs non-empty forget and retain sets "
+                        f"(forget {len(split.forget)}, retain {len(split.retain)})")
+    model = create_model(args.arch, ckpt["num_classes"], data.in_channels, ckpt.get("imagenet_arch", False))
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device)
+    recipe = Recipe(lr=args.unlearn_lr or type(method).unlearn_lr,
+                    epochs=args.unlearn_epochs or type(method).unlearn_epochs,
+                    batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
+                    decreasing_lr=args.decreasing_lr, warmup=args.warmup)
+    spec = f"{method_name}+{addon_name}" if addon_name != "none" else method_name
+    forgotten = args.class_to_replace if split.is_class_forgetting else None
+
+    resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec,
+                "recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "original_checkpoint": str(path),
+                **{f"method.{k}": v for k, v in dataclasses.asdict(method).items()},
+                **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
+    tags = {**{f"version.{k}": v for k, v in utils.provenance().items()},
+            "git_commit": utils.git_commit(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"]}
+    tracker = Run(args.tracking_uri, args.experiment or args.dataset, spec, tags)
+    print(f"{spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "
+          f"retain {len(split.retain)}, lr {recipe.lr:g}, {recipe.epochs} epochs, device {device}; "
+          f"MLflow run {tracker.id} in {tracker.uri}")
+    try:
+        tracker.params({**vars(args), **resolved})
+        metrics = _unlearn_and_evaluate(args, model, data, split, method, addon, recipe, tracker, forgotten)
+        out = unlearned_path(save_dir, args, spec, tracker.id, split.info["num_indexes_to_replace"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        utils.save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                               "kind": "unlearned", "arch": args.arch, "dataset": args.dataset,
+                               "num_classes": ckpt["num_classes"], "imagenet_arch": ckpt.get("imagenet_arch", False),
+                               "seed": args.seed, "epochs": args.epochs, "unlearn": spec, "args": vars(args),
+                               "resolved": resolved, "split": split.info, "forget_idx": split.forget.cpu(),
+                               "metrics": metrics, "run_id": tracker.id, "provenance": utils.provenance()}, out)
+        summary = save_dir / "unlearned" / f"{tracker.id}_metrics.json"
+        utils.write_json({"run_id": tracker.id, "unlearn": spec, "metrics": metrics, "params": resolved}, summary)
+        tracker.artifact(summary)
+        tracker.tags({"checkpoint": str(out.resolve())})
+    except Diverged as e:
+        tracker.end("FAILED", str(e))
+        print(f"error: {spec} diverged: {e}; lower --unlearn_lr or --unlearn_epochs "
+              f"(run {tracker.id} marked FAILED)", file=sys.stderr)
+        sys.exit(1)
+    except BaseException as e:
+        tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    tracker.end("FINISHED")
+    print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
+          f"VA {metrics['VA']:.2f}  RTE {metrics['RTE']:.1f}s  -> {out}")
+    return metrics
+
+
+def _unlearn_and_evaluate(args, model, data, split, method, addon, recipe, tracker: Run, forgotten) -> dict:
+    spent_in_callbacks = 0.0
+
+    def on_epoch_end(epoch: int, record: dict) -> dict:
+        nonlocal spent_in_callbacks
+        t = time.perf_counter()
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "steps"))
+        print(f"epoch {epoch + 1}/{recipe.epochs}  {shown}", flush=True)
+        tracker.metrics({f"train/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+        spent_in_callbacks += time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    run(model, data, split.forget, split.retain, method, addon, recipe, on_epoch_end=on_epoch_end,
+        progress=not args.quiet, desc=args.unlearn)
+    rte = time.perf_counter() - t0 - spent_in_callbacks
+    t1 = time.perf_counter()
+    metrics = split_accuracies(model, data, split.forget, split.retain, forgotten)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
+    tracker.metrics(metrics)
+    return metrics
