@@ -13,11 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import utils
 from dataset import forget_split, load_data
-from evaluation.accuracy import split_accuracies
+from evaluation.report import POLARITY, against_references, model_metrics, model_outputs, reference, summary_table
 from models import create_model
 from tracking import Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn
@@ -35,6 +33,8 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                    help="the original model (main_baseline.py's output; default: its name under --save_dir)")
     g.add_argument("--epochs", type=int, default=182,
                    help="training epochs of the original model: names its checkpoint (default 182)")
+    g.add_argument("--ideal", default=None, metavar="CHECKPOINT",
+                   help="the ideal model (main_ideal.py's output; default: its name under --save_dir)")
     g.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: the method's)")
     g.add_argument("--unlearn_lr", type=float, default=None, help="unlearning learning rate (default: the method's)")
     g.add_argument("--batch_size", type=int, default=256, help="batch size of forget and retain batches (256)")
@@ -81,6 +81,36 @@ def baseline_command(args: argparse.Namespace, path: Path) -> str:
     arch = args.arch or utils.default_arch(args.dataset)
     return (f"python main_baseline.py --data {shlex.quote(args.data)} --dataset {args.dataset} --arch {arch} "
             f"--seed {args.seed} --epochs {args.epochs} --save_dir {shlex.quote(str(path.parent))}")
+
+
+def ideal_command(args: argparse.Namespace, n: int) -> str:
+    return (f"python main_ideal.py --data {shlex.quote(args.data)} --dataset {args.dataset} --arch {args.arch} "
+            f"--seed {args.seed} --epochs {args.epochs} --class_to_replace {args.class_to_replace} "
+            f"--num_indexes_to_replace {n} --save_dir {shlex.quote(args.save_dir)}")
+
+
+def find_ideal(args: argparse.Namespace, split) -> tuple[Path | None, dict | None]:
+    """The ideal checkpoint of this seed and forget set, or (None, None) with a note saying how to make it.
+    One given with --ideal that was retrained for anything else is refused: every closeness
+    metric against it would be wrong."""
+    n = split.info["num_indexes_to_replace"]
+    path = Path(args.ideal) if args.ideal else utils.ideal_checkpoint_path(
+        args.save_dir, args.seed, args.arch, args.epochs, args.class_to_replace, n)
+    if not path.is_file():
+        if args.ideal:
+            raise UserError(f"--ideal {path} not found; create it with: {ideal_command(args, n)}")
+        print(f"note: no ideal model at {path}; rUA, FID, KL and Avg. Gap need it: {ideal_command(args, n)}")
+        return None, None
+    ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch)
+    if ckpt.get("seed") != args.seed:
+        raise UserError(f"ideal model {path} was trained with seed {ckpt.get('seed')}, this run uses --seed "
+                        f"{args.seed}: pass the ideal model of the same seed")
+    theirs = ckpt.get("split", {})
+    if theirs.get("forget_sha1") != split.info["forget_sha1"]:
+        raise UserError(f"ideal model {path} was retrained without another forget set (C="
+                        f"{theirs.get('class_to_replace')}, N={theirs.get('num_indexes_to_replace')}) than this "
+                        f"run's (C={args.class_to_replace}, N={n}): pass the ideal model of this forget set")
+    return path, ckpt
 
 
 def unlearned_path(save_dir: Path, args, spec: str, run_id: str, n: int) -> Path:
@@ -132,6 +162,14 @@ def main(args: argparse.Namespace) -> dict:
                     decreasing_lr=args.decreasing_lr, warmup=args.warmup)
     spec = f"{method_name}+{addon_name}" if addon_name != "none" else method_name
     forgotten = args.class_to_replace if split.is_class_forgetting else None
+    ideal_path, ideal_ckpt = find_ideal(args, split)
+
+    def from_checkpoint(c: dict):
+        def build():
+            net = create_model(args.arch, c["num_classes"], data.in_channels, c.get("imagenet_arch", False))
+            net.load_state_dict(c["state_dict"])
+            return net.to(device)
+        return build
 
     resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec,
                 "recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "original_checkpoint": str(path),
@@ -146,7 +184,19 @@ def main(args: argparse.Namespace) -> dict:
           f"MLflow run {tracker.id} in {tracker.uri}")
     try:
         tracker.params({**vars(args), **resolved})
-        metrics = _unlearn_and_evaluate(args, model, data, split, method, addon, recipe, tracker, forgotten)
+        rte = _unlearn(args, model, data, split, method, addon, recipe, tracker)
+        t1 = time.perf_counter()
+        out_u = model_outputs(model, data, split, forgotten)
+        metrics = model_metrics(out_u, args.seed)
+        ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed)
+        ref_i, out_i = (reference(ideal_path, from_checkpoint(ideal_ckpt), data, split, forgotten, args.seed)
+                        if ideal_path else (None, None))
+        metrics.update(against_references(out_u, metrics, ref_o, ref_i, out_i))
+        metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
+        tracker.metrics({**metrics, **{f"original/{k}": v for k, v in ref_o.items()},
+                         **{f"ideal/{k}": v for k, v in (ref_i or {}).items()}})
+        tracker.tags({f"polarity.{k}": POLARITY[k] for k in metrics if k in POLARITY}
+                     | ({"ideal_checkpoint": str(ideal_path)} if ideal_path else {}))
         out = unlearned_path(save_dir, args, spec, tracker.id, split.info["num_indexes_to_replace"])
         out.parent.mkdir(parents=True, exist_ok=True)
         utils.save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
@@ -156,7 +206,9 @@ def main(args: argparse.Namespace) -> dict:
                                "resolved": resolved, "split": split.info, "forget_idx": split.forget.cpu(),
                                "metrics": metrics, "run_id": tracker.id, "provenance": utils.provenance()}, out)
         summary = save_dir / "unlearned" / f"{tracker.id}_metrics.json"
-        utils.write_json({"run_id": tracker.id, "unlearn": spec, "metrics": metrics, "params": resolved}, summary)
+        utils.write_json({"run_id": tracker.id, "unlearn": spec, "metrics": metrics, "original": ref_o,
+                          "ideal": ref_i, "polarity": POLARITY, "params": resolved,
+                          "ideal_checkpoint": str(ideal_path) if ideal_path else None}, summary)
         tracker.artifact(summary)
         tracker.tags({"checkpoint": str(out.resolve())})
     except Diverged as e:
@@ -168,12 +220,14 @@ def main(args: argparse.Namespace) -> dict:
         tracker.end("FAILED", f"{type(e).__name__}: {e}")
         raise
     tracker.end("FINISHED")
+    print(summary_table(metrics, ref_o, ref_i, spec))
     print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
           f"VA {metrics['VA']:.2f}  RTE {metrics['RTE']:.1f}s  -> {out}")
     return metrics
 
 
-def _unlearn_and_evaluate(args, model, data, split, method, addon, recipe, tracker: Run, forgotten) -> dict:
+def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run) -> float:
+    """Run the engine, logging each epoch; returns the unlearning wall time (RTE) in seconds."""
     spent_in_callbacks = 0.0
 
     def on_epoch_end(epoch: int, record: dict) -> dict:
@@ -187,11 +241,4 @@ def _unlearn_and_evaluate(args, model, data, split, method, addon, recipe, track
     t0 = time.perf_counter()
     run(model, data, split.forget, split.retain, method, addon, recipe, on_epoch_end=on_epoch_end,
         progress=not args.quiet, desc=args.unlearn)
-    rte = time.perf_counter() - t0 - spent_in_callbacks
-    t1 = time.perf_counter()
-    metrics = split_accuracies(model, data, split.forget, split.retain, forgotten)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
-    tracker.metrics(metrics)
-    return metrics
+    return time.perf_counter() - t0 - spent_in_callbacks

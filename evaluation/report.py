@@ -1,0 +1,155 @@
+"""The evaluation of one unlearning run: model outputs once per model and split, every
+metric from them, the original and ideal models' figures cached beside their
+checkpoints, and the summary table.
+
+    out = model_outputs(model, data, split, forgotten)        # logits per split
+    mine = model_metrics(out)                                 # accuracy + MIA
+    ref_o, _ = reference(original_path, original, ...)        # cached
+    ref_i, ideal_out = reference(ideal_path, ideal, ...)      # cached, with logits
+    metrics = {**mine, **against_references(out, mine, ref_o, ref_i, ideal_out)}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evaluation.accuracy import accuracy, logits_of
+from evaluation.closeness import avg_gap, logit_fid, mean_kl, relative_ua
+from evaluation.mia import loss_attack, per_sample_loss, svc_mia
+
+EVAL_VERSION = 1  # bump when a metric's definition changes: cached figures are then recomputed
+
+POLARITY = {
+    "UA": "closer to ideal", "FA": "closer to ideal", "RA": "higher", "TA": "higher", "VA": "higher",
+    "TA_forgotten_class": "closer to ideal", "MIA": "closer to ideal",
+    **{f"MIA_{k}": "closer to ideal" for k in ("correctness", "confidence", "entropy", "m_entropy", "prob")},
+    "loss_MIA_acc": "closer to 50", "loss_MIA_auc": "closer to 0.5",
+    "rUA": "closer to 1", "UA_gap": "lower", "FID_forget": "lower", "FID_test": "lower",
+    "KL_forget": "lower", "KL_test": "lower", "avg_gap": "lower", "RTE": "lower", "eval_time": "lower",
+}
+
+
+@dataclass
+class Outputs:
+    """Eval-mode logits of one model on each split, with the labels."""
+
+    forget: Tensor
+    retain: Tensor
+    test: Tensor
+    val: Tensor
+    y_forget: Tensor
+    y_retain: Tensor
+    y_test: Tensor
+    y_val: Tensor
+    forgotten_class: int | None = None
+
+
+def model_outputs(model, data, split, forgotten_class: int | None = None) -> Outputs:
+    def train_logits(idx):
+        return logits_of(model, data, data.x_train[idx]).cpu(), data.y_train[idx].cpu()
+
+    f, yf = train_logits(split.forget)
+    r, yr = train_logits(split.retain)
+    v, yv = train_logits(data.val_idx)
+    t, yt = logits_of(model, data, data.x_test).cpu(), data.y_test.cpu()
+    return Outputs(f, r, t, v, yf, yr, yt, yv, forgotten_class)
+
+
+def _utility_view(logits: Tensor, y: Tensor, forgotten: int | None) -> tuple[Tensor, Tensor]:
+    """Test/validation samples that measure utility: all, or all but the forgotten class."""
+    if forgotten is None:
+        return logits, y
+    keep = y != forgotten
+    return logits[keep], y[keep]
+
+
+def model_metrics(out: Outputs, seed: int = 0) -> dict[str, float]:
+    """Accuracies and membership-inference figures of one model (no reference needed).
+
+    The SVC's members are retain samples, as many as there are test samples
+    (Unlearn-Sparse); for class forgetting its non-members exclude the forgotten class."""
+    fc = out.forgotten_class
+    m = {"RA": accuracy(out.retain, out.y_retain), "FA": accuracy(out.forget, out.y_forget)}
+    m["UA"] = 100 - m["FA"]
+    m["TA"] = accuracy(*_utility_view(out.test, out.y_test, fc))
+    m["VA"] = accuracy(*_utility_view(out.val, out.y_val, fc))
+    if fc is not None:
+        m["TA_forgotten_class"] = accuracy(out.test[out.y_test == fc], out.y_test[out.y_test == fc])
+    test_l, test_y = _utility_view(out.test, out.y_test, fc)
+    rng = np.random.default_rng(seed)
+    members = torch.from_numpy(np.sort(rng.choice(len(out.retain), min(len(out.retain), len(test_y)),
+                                                  replace=False)))
+    m.update(svc_mia(out.retain[members], out.y_retain[members], test_l, test_y, out.forget, out.y_forget))
+    m.update(loss_attack(per_sample_loss(out.forget, out.y_forget), per_sample_loss(out.test, out.y_test), seed))
+    return m
+
+
+def against_references(out: Outputs, mine: dict, original: dict | None, ideal: dict | None,
+                       ideal_out: Outputs | None) -> dict[str, float]:
+    """rUA, the UA gap, FID and KL to the ideal model, and Avg. Gap (what needs references)."""
+    res: dict[str, float] = {}
+    if ideal is None:
+        return res
+    res["UA_gap"] = abs(mine["UA"] - ideal["UA"])
+    if original is not None:
+        res["rUA"] = relative_ua(mine["UA"], original["UA"], ideal["UA"])
+    res["FID_forget"] = logit_fid(out.forget, ideal_out.forget)
+    res["FID_test"] = logit_fid(out.test, ideal_out.test)
+    res["KL_forget"] = mean_kl(ideal_out.forget, out.forget)
+    res["KL_test"] = mean_kl(ideal_out.test, out.test)
+    res["avg_gap"] = avg_gap(mine, ideal)
+    return res
+
+
+def _fingerprint(path: Path, split_info: dict, forgotten: int | None) -> str:
+    st = path.stat()
+    key = f"{EVAL_VERSION}|{st.st_size}|{st.st_mtime_ns}|{split_info['forget_sha1']}|{split_info['num_test']}|" \
+          f"{split_info['num_val']}|{forgotten}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def reference(path: Path, build_model, data, split, forgotten: int | None, seed: int = 0
+              ) -> tuple[dict[str, float], Outputs]:
+    """Metrics and outputs of a reference checkpoint (original or ideal) on this split,
+    computed once and cached beside the checkpoint (keyed by checkpoint, forget set and
+    metric version), so a sweep of many runs evaluates each reference once."""
+    cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.eval_{_fingerprint(path, split.info, forgotten)}.pt")
+    if cache.is_file():
+        try:
+            saved = torch.load(cache, weights_only=False)
+            return saved["metrics"], Outputs(**saved["outputs"])
+        except Exception:  # a damaged cache is recomputed
+            pass
+    out = model_outputs(build_model(), data, split, forgotten)
+    metrics = model_metrics(out, seed)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        torch.save({"metrics": metrics, "outputs": vars(out)}, tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only folder of references: fine, just not cached
+        tmp.unlink(missing_ok=True)
+    return metrics, out
+
+
+def summary_table(unlearned: dict, original: dict | None, ideal: dict | None, name: str = "unlearned") -> str:
+    """One screen: original / unlearned / ideal side by side, with each metric's polarity."""
+    keys = ["UA", "RA", "TA", "VA", "TA_forgotten_class", "MIA", "MIA_entropy", "loss_MIA_auc"]
+    keys = [k for k in keys if k in unlearned]
+
+    def cell(d, k):
+        return f"{d[k]:10.2f}" if d is not None and k in d and d[k] == d[k] else f"{'-':>10}"
+
+    lines = [f"{'metric':22s}{'original':>10}{name[:12]:>13}{'ideal':>10}   polarity"]
+    for k in keys:
+        lines.append(f"{k:22s}{cell(original, k)}   {cell(unlearned, k)}{cell(ideal, k)}   {POLARITY.get(k, '')}")
+    for k in ("rUA", "UA_gap", "FID_forget", "FID_test", "KL_forget", "KL_test", "avg_gap", "RTE", "eval_time"):
+        if k in unlearned:
+            lines.append(f"{k:22s}{'':10}   {unlearned[k]:10.4g}{'':10}   {POLARITY[k]}")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Every metric on hand-made logits and features."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import sqrtm
+
+from evaluation.accuracy import accuracy
+from evaluation.closeness import avg_gap, frechet_distance, logit_fid, mean_kl, relative_ua
+from evaluation.mia import attack_features, loss_attack, svc_efficacy, svc_mia
+from evaluation.report import Outputs, against_references, model_metrics
+
+
+def test_accuracy_and_ua():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
+    y = torch.tensor([0, 1, 1, 1])
+    assert accuracy(logits, y) == 75.0
+    assert math.isnan(accuracy(logits[:0], y[:0]))
+
+
+def test_rua_endpoints_and_undefined():
+    assert relative_ua(ua=30, ua_original=10, ua_ideal=30) == 1
+    assert relative_ua(ua=10, ua_original=10, ua_ideal=30) == 0
+    assert relative_ua(ua=40, ua_original=10, ua_ideal=30) == 1.5
+    with pytest.warns(UserWarning, match="rUA undefined"):
+        assert math.isnan(relative_ua(5, 10, 10.05))
+
+
+def test_fid_zero_for_identical_logits():
+    x = torch.randn(200, 10)
+    assert logit_fid(x, x.clone()) == pytest.approx(0, abs=1e-8)
+
+
+def test_fid_matches_closed_form_for_known_gaussians():
+    # diagonal: ||mu1 - mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2))
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])
+    expected = 1 + 0 + 4 + (1 + 4 - 4) + (4 + 1 - 4) + (9 + 1 - 6)
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected)
+    # general SPD matrices: the textbook formula with a matrix square root
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    c1, c2 = a @ a.T + np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    m1, m2 = rng.normal(size=5), rng.normal(size=5)
+    ref = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
+    assert frechet_distance(m1, c1, m2, c2) == pytest.approx(ref, rel=1e-6)
+
+
+def test_fid_of_sampled_gaussians_is_near_the_closed_form():
+    torch.manual_seed(0)
+    a = torch.randn(20000, 3)
+    b = torch.randn(20000, 3) * 2 + torch.tensor([1.0, 0.0, 0.0])
+    expected = 1 + 3 * (1 + 4 - 2 * 2)
+    assert logit_fid(a, b) == pytest.approx(expected, rel=0.05)
+
+
+def test_kl_zero_for_identical_and_matches_hand_value():
+    x = torch.randn(50, 4)
+    assert mean_kl(x, x) == pytest.approx(0, abs=1e-12)
+    p, q = torch.tensor([[0.5, 0.5]]), torch.tensor([[0.9, 0.1]])
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert mean_kl(p.log(), q.log()) == pytest.approx(expected)
+
+
+def test_modified_entropy_matches_its_formula():
+    p = torch.tensor([[0.7, 0.2, 0.1]])
+    f = attack_features(p.log(), torch.tensor([0]))
+    expected = -(1 - 0.7) * math.log(0.7) - 0.2 * math.log(1 - 0.2) - 0.1 * math.log(1 - 0.1)
+    assert f["m_entropy"][0, 0] == pytest.approx(expected)
+    assert f["confidence"][0, 0] == pytest.approx(0.7) and f["correctness"][0, 0] == 1
+    assert f["entropy"][0, 0] == pytest.approx(-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)))
+    g = attack_features(p.log(), torch.tensor([2]))  # wrong label: log p_y, and log(1 - p) for the others
+    expected = -(1 - 0.1) * math.log(0.1) - 0.7 * math.log(0.3) - 0.2 * math.log(0.8)
+    assert g["m_entropy"][0, 0] == pytest.approx(expected) and g["correctness"][0, 0] == 0
+
+
+def _logits(n, peak, rng, k=10):
+    """Logits whose true-class margin is `peak` (+ noise): large = member-like, small = non-member-like."""
+    y = torch.from_numpy(rng.integers(0, k, n))
+    x = torch.from_numpy(rng.normal(0, 1, (n, k)))
+    x[torch.arange(n), y] += peak + torch.from_numpy(rng.normal(0, 0.5, n))
+    return x, y
+
+
+def test_svc_mia_on_separable_members_and_non_members():
+    rng = np.random.default_rng(0)
+    members, non_members = _logits(400, 9.0, rng), _logits(400, 1.0, rng)
+    like_members, like_non_members = _logits(200, 9.0, rng), _logits(200, 1.0, rng)
+    low = svc_mia(*members, *non_members, *like_members)
+    high = svc_mia(*members, *non_members, *like_non_members)
+    assert low["MIA"] < 10 and high["MIA"] > 90
+    assert low["MIA_m_entropy"] < 10 and high["MIA_m_entropy"] > 90
+    assert low["MIA_entropy"] < 15 and high["MIA_entropy"] > 85
+
+
+def test_svc_efficacy_constant_feature_and_empty_target():
+    ones = np.ones((10, 1))
+    assert svc_efficacy(ones, ones, ones[:3]) in (0.0, 100.0)
+    assert math.isnan(svc_efficacy(ones, ones, ones[:0]))
+
+
+def test_loss_attack_auc_half_on_same_distribution_and_one_when_separated():
+    rng = np.random.default_rng(0)
+    same = loss_attack(rng.exponential(1, 2000), rng.exponential(1, 2000))
+    assert same["loss_MIA_auc"] == pytest.approx(0.5, abs=0.05)
+    assert same["loss_MIA_acc"] == pytest.approx(50, abs=5)
+    apart = loss_attack(rng.exponential(0.01, 500), rng.exponential(1, 2000) + 2)
+    assert apart["loss_MIA_auc"] > 0.99 and apart["loss_MIA_acc"] > 95
+
+
+def test_avg_gap():
+    assert avg_gap({"UA": 10, "RA": 90, "TA": 80, "MIA": 20}, {"UA": 12, "RA": 94, "TA": 80, "MIA": 10}) == 4
+    assert math.isnan(avg_gap({"UA": float("nan"), "RA": 1, "TA": 1, "MIA": 1}, {"UA": 1, "RA": 1, "TA": 1, "MIA": 1}))
+
+
+def _outputs(seed, n=300, k=5):
+    rng = np.random.default_rng(seed)
+    parts = [_logits(n, 4.0, rng, k) for _ in range(4)]
+    return Outputs(parts[0][0], parts[1][0], parts[2][0], parts[3][0], parts[0][1], parts[1][1], parts[2][1],
+                   parts[3][1])
+
+
+def test_ideal_compared_with_itself_is_perfect():
+    ideal, original = _outputs(1), _outputs(2)
+    original.forget = original.forget.clone()
+    original.forget[torch.arange(len(original.y_forget)), original.y_forget] += 50  # memorised: FA 100
+    m_i, m_o = model_metrics(ideal), model_metrics(original)
+    res = against_references(ideal, m_i, m_o, m_i, ideal)
+    assert res["rUA"] == 1 and res["UA_gap"] == 0 and res["avg_gap"] == 0
+    assert res["FID_forget"] == pytest.approx(0, abs=1e-8) and res["KL_test"] == pytest.approx(0, abs=1e-12)
+    assert against_references(ideal, m_i, m_o, None, None) == {}
