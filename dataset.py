@@ -62,7 +62,11 @@ def _digits(root: Path):
     return xtr, ytr.astype(np.int64), xte, yte.astype(np.int64)
 
 
-def _torchvision(cls_name: str, root: Path, **kw):
+class MissingData(Exception):
+    pass
+
+
+def _torchvision(cls_name: str, root: Path):
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
@@ -90,33 +94,14 @@ def _torchvision(cls_name: str, root: Path, **kw):
     return out[0], out[1], out[2], out[3]
 
 
-class MissingData(Exception):
-    pass
-
-
-@register_dataset("cifar10", 10, "crop_flip", "cifar-10-python.tar.gz (or the extracted cifar-10-batches-py/)")
-def _cifar10(root):
-    return _torchvision("CIFAR10", root)
-
-
-@register_dataset("cifar100", 100, "crop_flip", "cifar-100-python.tar.gz (or the extracted cifar-100-python/)")
-def _cifar100(root):
-    return _torchvision("CIFAR100", root)
-
-
-@register_dataset("svhn", 10, "crop", "train_32x32.mat and test_32x32.mat")
-def _svhn(root):
-    return _torchvision("SVHN", root)
-
-
-@register_dataset("mnist", 10, "none", "MNIST/raw/ with the four *-ubyte(.gz) files")
-def _mnist(root):
-    return _torchvision("MNIST", root)
-
-
-@register_dataset("fashionmnist", 10, "none", "FashionMNIST/raw/ with the four *-ubyte(.gz) files")
-def _fashionmnist(root):
-    return _torchvision("FashionMNIST", root)
+for _name, _cls, _classes, _aug, _files in (
+    ("cifar10", "CIFAR10", 10, "crop_flip", "cifar-10-python.tar.gz (or the extracted cifar-10-batches-py/)"),
+    ("cifar100", "CIFAR100", 100, "crop_flip", "cifar-100-python.tar.gz (or the extracted cifar-100-python/)"),
+    ("svhn", "SVHN", 10, "crop", "train_32x32.mat and test_32x32.mat"),
+    ("mnist", "MNIST", 10, "none", "MNIST/raw/ with the four *-ubyte(.gz) files"),
+    ("fashionmnist", "FashionMNIST", 10, "none", "FashionMNIST/raw/ with the four *-ubyte(.gz) files"),
+):
+    register_dataset(_name, _classes, _aug, _files)(lambda root, _cls=_cls: _torchvision(_cls, root))
 
 
 @register_dataset("tinyimagenet", 200, "crop_flip",

@@ -20,24 +20,20 @@ ADDONS: dict[str, type] = {}
 ALIASES = {"SalUn": "RL+SalUn", "NGPlus": "NegGrad+", "l1-sparse": "FT_l1", "NG": "GA"}
 
 
-def register_method(name: str):
-    def wrap(cls):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-    return wrap
+def _registrar(table: dict[str, type], kind: str):
+    def register(name: str):
+        def wrap(cls):
+            if name in table:
+                raise ValueError(f"{kind} {name!r} registered twice")
+            cls.name = name
+            table[name] = cls
+            return cls
+        return wrap
+    return register
 
 
-def register_addon(name: str):
-    def wrap(cls):
-        if name in ADDONS:
-            raise ValueError(f"add-on {name!r} registered twice")
-        cls.name = name
-        ADDONS[name] = cls
-        return cls
-    return wrap
+register_method = _registrar(METHODS, "method")
+register_addon = _registrar(ADDONS, "add-on")
 
 
 def choices_text() -> str:
