@@ -27,13 +27,21 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def client(uri: str):
-    """An MlflowClient for `uri`; creates the folder of a sqlite store."""
+    """An MlflowClient for `uri`. A sqlite store is created (tables and migrations) under a
+    file lock, so that many runs starting at once on a new store do not race to build it."""
     from mlflow import MlflowClient
 
     db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / ".mlflow_init.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        c = MlflowClient(tracking_uri=uri)
+        retry(c.search_experiments, max_results=1)  # the store builds its tables on first use
+    return c
 
 
 def retry(fn, *args, **kw):

@@ -109,7 +109,8 @@ def save(path: Path, model, args, kind: str, split: ForgetSplit, acc: dict, best
         "accuracy": acc, "history": history, "train_time_s": wall, "provenance": utils.provenance(),
     }
     utils.save_checkpoint(state, path)
-    utils.write_json({**split.info, "checkpoint": path.name, "forget_idx": split.forget.cpu().tolist()},
+    utils.write_json({**split.info, "checkpoint": path.name, "command_hash": utils.own_command_hash(),
+                      "forget_idx": split.forget.cpu().tolist()},
                      forget_record_path(path))
 
 

@@ -153,6 +153,28 @@ def write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------ command identity
+def script_argv(tokens: list[str]) -> list[str]:
+    """[script, *args] of a command line, without the interpreter and its flags."""
+    for i, t in enumerate(tokens):
+        if t.endswith(".py"):
+            return [Path(t).name, *tokens[i + 1:]]
+    raise ValueError("no Python script in the line")
+
+
+def command_hash(argv: list[str]) -> str:
+    """The identity of a command: sha1 of its script name and arguments (sweeps skip finished ones)."""
+    import hashlib
+    import shlex
+
+    return hashlib.sha1(shlex.join(argv).encode()).hexdigest()[:20]
+
+
+def own_command_hash() -> str:
+    """The hash of the running script's own command line (what its params line hashes to)."""
+    return command_hash([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
 # --------------------------------------------------------------- argument groups
 def int_list(text: str) -> list[int]:
     """`91,136` -> [91, 136] (the papers' --decreasing_lr format); empty -> []."""

@@ -177,6 +177,7 @@ def main(args: argparse.Namespace) -> dict:
                 **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
     tags = {**{f"version.{k}": v for k, v in utils.provenance().items()},
             "git_commit": utils.git_commit(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command_hash": utils.own_command_hash(),
             "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"]}
     tracker = Run(args.tracking_uri, args.experiment or args.dataset, spec, tags)
     print(f"{spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "

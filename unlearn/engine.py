@@ -178,8 +178,9 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
         chunks = _batches(epoch_set, recipe.batch_size)
         sums: dict[str, Tensor] = {}
         kept, masked = torch.zeros((), device=params[0].device), False
-        bar = tqdm(chunks, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}".strip(), disable=not progress,
-                   file=sys.stderr, mininterval=1.0, leave=False, dynamic_ncols=True)
+        bar = tqdm(chunks, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}".strip(), file=sys.stderr,
+                   disable=True if not progress else None,  # None: no bar when stderr is not a terminal
+                   mininterval=1.0, leave=False, dynamic_ncols=True)
         for step, idx in enumerate(bar):
             b = {"forget": None, "retain": None}
             for name in ("forget", "retain"):
