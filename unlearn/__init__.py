@@ -66,6 +66,13 @@ def parse_unlearn(spec: str) -> tuple[str, str]:
     return method, addon
 
 
+def spec_name(method: str, addon: str) -> str:
+    """The display name of a pair: `GA+VarGrad`, `NegGrad+VarGrad`, `FT` (no add-on)."""
+    if addon == "none":
+        return method
+    return f"{method}{'' if method.endswith('+') else '+'}{addon}"
+
+
 def hyperparameters(cls: type) -> dict[str, dataclasses.Field]:
     """The constructor fields of a method or add-on (state fields have init=False)."""
     return {f.name: f for f in dataclasses.fields(cls) if f.init}

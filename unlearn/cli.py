@@ -18,7 +18,7 @@ from dataset import forget_split, load_data
 from evaluation.report import POLARITY, against_references, model_metrics, model_outputs, reference, summary_table
 from models import create_model
 from tracking import Run
-from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn
+from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
 from unlearn.engine import Diverged, Recipe, run
 from utils import UserError
 
@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> dict:
                     epochs=args.unlearn_epochs or type(method).unlearn_epochs,
                     batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
                     decreasing_lr=args.decreasing_lr, warmup=args.warmup)
-    spec = f"{method_name}+{addon_name}" if addon_name != "none" else method_name
+    spec = spec_name(method_name, addon_name)
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     ideal_path, ideal_ckpt = find_ideal(args, split)
 

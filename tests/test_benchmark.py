@@ -1,0 +1,49 @@
+"""benchmark.py end to end on the test-size preset: CSV, tables and non-empty plots."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import run_script
+
+from benchmark import PRESETS, aggregate, markdown
+from sweep import generate
+
+pytestmark = pytest.mark.slow
+
+
+def test_presets_generate_valid_lines():
+    for name, grid in PRESETS.items():
+        base, params = generate(grid)
+        assert base and params, name
+
+
+def test_digits_test_preset_writes_csv_tables_and_plots(tmp_path):
+    out = tmp_path / "bench"
+    proc = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--jobs", "2", "--quiet")
+    assert "2 runs summarised" in proc.stdout
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["method"] for r in rows][:2] == ["Ideal (retrain)", "Original"]
+    assert {r["method"] for r in rows} >= {"GA", "GA+VarGrad"}
+    ideal = rows[0]
+    assert float(ideal["UA_mean"]) > 90  # class forgetting: the ideal model never saw the class
+    table = (out / "table_class_3.md").read_text()
+    assert table.index("Ideal (retrain)") < table.index("| GA |") and "Avg. Gap" in table
+    for png in ("tradeoff_class_3.png", "avg_gap_class_3.png", "kept_share.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    again = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--jobs", "2", "--quiet")
+    assert "0 ran, 2 skipped" in again.stdout  # resumable: nothing reruns
+
+
+def test_aggregate_mean_std_and_gap():
+    def row(seed, ua, method="GA"):
+        return {"scenario": "class 3", "run_name": method, "seed": str(seed), "UA": ua, "RA": 90.0, "TA": 80.0,
+                "MIA": 50.0, "rUA": ua / 100, "FID_forget": 1.0, "avg_gap": 2.0, "RTE": 1.0, "kept_history": [],
+                "ideal/UA": 100.0, "ideal/RA": 92.0, "ideal/TA": 81.0, "ideal/MIA": 100.0, "original/UA": 0.0,
+                "original/RA": 99.0, "original/TA": 82.0, "original/MIA": 0.0, "ideal_checkpoint": None}
+    table = aggregate([row(1, 60.0), row(2, 80.0)])["class 3"]
+    assert list(table)[:2] == ["Ideal (retrain)", "Original"]
+    assert table["GA"]["UA"][0] == 70.0 and table["GA"]["UA"][1] == pytest.approx(14.142, abs=1e-3)
+    assert "70.00 ± 14.14 (30.00)" in markdown("class 3", table)
