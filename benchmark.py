@@ -241,15 +241,8 @@ def main() -> None:
     base_lines, param_lines = sweep.read_params(out / "base_params.txt"), sweep.read_params(out / "params.txt")
     if a.slurm:
         opts = sweep.SlurmOptions(partition=a.partition, gpus=a.gpus, time=a.time, max_parallel=a.max_parallel)
-        tracking.client(uri)
-        previous = None
-        for f, lines in ((out / "base_params.txt", base_lines), (out / "params.txt", param_lines)):
-            script = f.with_suffix(".sbatch")
-            script.write_text(sweep.sbatch_script(f, len(lines), opts, out / "logs" / f.stem, f"unlearn-{f.stem}",
-                                                  uri))
-            (out / "logs" / f.stem).mkdir(parents=True, exist_ok=True)
-            previous = sweep.submit(script, previous)
-            print(f"submitted {script.name}: job {previous}")
+        sweep.submit_files([(out / "base_params.txt", base_lines), (out / "params.txt", param_lines)], opts,
+                           out / "logs", uri)
         print(f"when the jobs are done: python benchmark.py --preset {a.preset} --out {out} --report_only")
         return
     if not a.report_only:

@@ -77,22 +77,7 @@ def one_line(a) -> int:
 def submit_all(a, files) -> None:
     opts = sweep.SlurmOptions(partition=a.partition, gpus=a.gpus, cpus=a.cpus, time=a.time,
                               max_parallel=a.max_parallel, mem=a.mem)
-    if any(line.argv[0] == "mlflow_forget.py" for _, lines in files for line in lines):
-        import tracking
-
-        tracking.client(tracking.resolve_uri(a.tracking_uri))  # build a new sqlite store before the tasks start
-    previous = None
-    for f, lines in files:
-        n = max(line.number for line in lines)  # array index = line number (blank lines are no-ops)
-        log_dir = a.log_dir / f.stem
-        log_dir.mkdir(parents=True, exist_ok=True)
-        script = f.with_suffix(".sbatch")
-        script.write_text(sweep.sbatch_script(f, n, opts, log_dir, f"unlearn-{f.stem}", a.tracking_uri))
-        if a.dry_run:
-            print(f"{script}: array 1-{n}%{opts.max_parallel} (not submitted)")
-            continue
-        previous = sweep.submit(script, previous)
-        print(f"{script}: submitted job {previous}, array 1-{n}%{opts.max_parallel}")
+    sweep.submit_files(files, opts, a.log_dir, a.tracking_uri, dry_run=a.dry_run)
 
 
 if __name__ == "__main__":

@@ -327,8 +327,7 @@ def sbatch_script(params: Path, n_lines: int, opts: SlurmOptions, log_dir: Path,
     body = [f"cd {shlex.quote(str(Path.cwd()))}", f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}",
             f"export OMP_NUM_THREADS={opts.cpus}",
             f"exec {shlex.quote(sys.executable)} -u {shlex.quote(str(REPO / 'run_params.py'))} "
-            f"{shlex.quote(str(params.resolve()))} --line \"$SLURM_ARRAY_TASK_ID\" --log_dir "
-            f"{shlex.quote(str(log_dir.resolve()))}"]
+            f"{shlex.quote(str(params.resolve()))} --line \"$SLURM_ARRAY_TASK_ID\""]
     return "\n".join(["#!/bin/bash", *head, "", *body]) + "\n"
 
 
@@ -342,3 +341,23 @@ def submit(script: Path, dependency: str | None = None) -> str:
     except subprocess.CalledProcessError as e:
         raise UserError(f"sbatch refused {script}: {e.stderr.strip()}") from None
     return out.stdout.strip().split(";")[0]
+
+
+def submit_files(files: list[tuple[Path, list[Line]]], opts: SlurmOptions, log_root: Path,
+                 tracking_uri: str | None, dry_run: bool = False) -> list[tuple[Path, str | None]]:
+    """Write one job-array script per params file and submit them in order, each depending on
+    the one before (afterok). Returns (script, job id or None when dry_run)."""
+    if not dry_run and any(line.argv[0] == "mlflow_forget.py" for _, lines in files for line in lines):
+        tracking.client(tracking.resolve_uri(tracking_uri))  # build a new sqlite store before the tasks start
+    out, previous = [], None
+    for f, lines in files:
+        n = max(line.number for line in lines)  # array index = line number (blank lines are no-ops)
+        log_dir = log_root / f.stem
+        log_dir.mkdir(parents=True, exist_ok=True)
+        script = f.with_suffix(".sbatch")
+        script.write_text(sbatch_script(f, n, opts, log_dir, f"unlearn-{f.stem}", tracking_uri))
+        previous = None if dry_run else submit(script, previous)
+        out.append((script, previous))
+        state = "not submitted" if dry_run else f"submitted job {previous}"
+        print(f"{script}: {state}, array 1-{n}%{opts.max_parallel}")
+    return out

@@ -47,3 +47,19 @@ def test_aggregate_mean_std_and_gap():
     assert list(table)[:2] == ["Ideal (retrain)", "Original"]
     assert table["GA"]["UA"][0] == 70.0 and table["GA"]["UA"][1] == pytest.approx(14.142, abs=1e-3)
     assert "70.00 ± 14.14 (30.00)" in markdown("class 3", table)
+
+
+def test_benchmark_on_slurm_then_report_only(tmp_path):
+    from test_sweep import slurm_up, wait_for_jobs
+
+    if not slurm_up():
+        pytest.skip("Slurm is not running here: start a one-node cluster with scripts/slurm_localhost.sh "
+                    "(root, Debian packages); .ci/run does")
+    out = tmp_path / "bench"
+    proc = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--slurm", "--gpus", "0",
+                      "--time", "00:20:00")
+    jobs = [line.split("submitted job ")[1].split(",")[0] for line in proc.stdout.splitlines() if "submitted" in line]
+    assert len(jobs) == 2 and "--report_only" in proc.stdout
+    wait_for_jobs(jobs)
+    report = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--report_only")
+    assert "2 runs summarised" in report.stdout and (out / "summary.csv").is_file()

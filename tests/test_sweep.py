@@ -174,6 +174,16 @@ def slurm_up() -> bool:
     return out.returncode == 0 and any(s.strip().startswith(("idle", "mixed", "alloc")) for s in out.stdout.split())
 
 
+def wait_for_jobs(jobs: list[str], limit: float = 600) -> None:
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True).stdout
+        if not q.strip():
+            return
+        time.sleep(2)
+    pytest.fail(f"Slurm jobs {jobs} did not finish in {limit:.0f} s")
+
+
 @pytest.mark.slow
 def test_slurm_job_arrays_run_base_then_sweep(tmp_path):
     if not slurm_up():
@@ -190,14 +200,7 @@ def test_slurm_job_arrays_run_base_then_sweep(tmp_path):
     assert len(jobs) == 2
     script = (tmp_path / "params.sbatch").read_text()
     assert "#SBATCH --array=1-2%2" in script and "--line \"$SLURM_ARRAY_TASK_ID\"" in script
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        q = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True).stdout
-        if not q.strip():
-            break
-        time.sleep(2)
-    else:
-        pytest.fail("Slurm jobs did not finish in 10 minutes")
+    wait_for_jobs(jobs)
     runs = runs_of(uri)
     logs = "\n".join(p.read_text()[-500:] for p in (tmp_path / "logs").rglob("*.log"))
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), logs
