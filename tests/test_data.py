@@ -97,3 +97,29 @@ def test_augment_crops_and_flips_per_sample():
     assert len({o.sum().item() for o in out}) > 1  # samples got different crops
     torch.manual_seed(0)
     assert torch.equal(out, augment(x.repeat(16, 1, 1, 1), flip=True))  # seeded
+
+
+def test_tinyimagenet_folder_layout_is_read_and_cached(tmp_path):
+    """A miniature tiny-imagenet-200 folder: 2 classes, 10 train and 2 val images each."""
+    from PIL import Image
+
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    ann = []
+    for c, w in enumerate(wnids):
+        (root / "train" / w / "images").mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (64, 64), (40 * c, 10 * i, 0)).save(root / "train" / w / "images" / f"{w}_{i}.JPEG")
+        for i in range(2):
+            name = f"val_{c}_{i}.JPEG"
+            Image.new("RGB", (64, 64), (40 * c, 0, 0)).save(root / "val" / "images" / name)
+            ann.append(f"{name}\t{w}\t0\t0\t63\t63")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(ann) + "\n")
+    data = load_data("tinyimagenet", tmp_path, seed=0, num_classes=2)
+    assert data.x_train.shape == (20, 3, 64, 64) and data.x_test.shape == (4, 3, 64, 64)
+    assert sorted(data.y_test.tolist()) == [0, 0, 1, 1] and len(data.val_idx) == 2  # 10% of each class
+    assert (root / "uint8_tensors.npz").is_file()
+    again = load_data("tinyimagenet", tmp_path, seed=0, num_classes=2)
+    assert torch.equal(again.x_train, data.x_train)
