@@ -76,6 +76,7 @@ def test_divergence_marks_run_failed(digits_models, tmp_path):
     ({"--unlearn": "GA+Foo"}, "unknown add-on 'Foo'"),
     ({"--num_indexes_to_replace": "99999"}, "larger than the training set"),
     ({"--quantile": "1.5"}, "--quantile must be in"),
+    ({"--unlearn_lr": "0"}, "--unlearn_lr must be positive"),
 ])
 def test_bad_input(digits_models, tmp_path, change, message):
     cmd = forget_cmd(digits_models, f"sqlite:///{tmp_path}/mlruns/mlflow.db")

@@ -137,6 +137,13 @@ def main(args: argparse.Namespace) -> dict:
               file=sys.stderr)
     hp = {k: getattr(args, k) for k in set(_all_fields(METHODS)) | set(_all_fields(ADDONS))}
     hp = {k: v for k, v in hp.items() if v is not None}
+    ignored = [k for k in hp if k not in hyperparameters(METHODS[method_name])
+               and k not in hyperparameters(ADDONS[addon_name])]
+    if ignored:
+        print(f"warning: {', '.join('--' + k for k in sorted(ignored))} not used by "
+              f"{spec_name(method_name, addon_name)}; ignored", file=sys.stderr)
+    if args.unlearn_lr is not None and args.unlearn_lr <= 0:
+        raise UserError(f"--unlearn_lr must be positive, got {args.unlearn_lr}")
     try:
         method, addon = make(args.unlearn, **{k: v for k, v in hp.items()
                                               if k in hyperparameters(METHODS[method_name])
