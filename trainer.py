@@ -16,7 +16,7 @@ import torch
 
 import utils
 from dataset import ForgetSplit, forget_split, load_data
-from evaluation.accuracy import accuracy, logits_of, split_accuracies
+from evaluation.accuracy import accuracies, accuracy, logits_of, model_outputs
 from models import create_model
 from unlearn.engine import Recipe, run
 from unlearn.methods.ft import FT
@@ -89,8 +89,9 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
     wall = time.perf_counter() - t0
     model.load_state_dict(best["state"])
 
-    acc = split_accuracies(model, data, split.forget, split.retain, forgotten)
-    acc["train"] = accuracy(logits_of(model, data, data.x_train[data.train_idx]), data.y_train[data.train_idx])
+    out = model_outputs(model, data, split.forget, split.retain, forgotten)
+    acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
+    acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
     save(path, model, args, kind, split, acc, best["epoch"], history, wall)
     extra = f"  forget acc {acc['FA']:.2f}" if ideal else ""
     print(f"done: {kind} model, best epoch {best['epoch']}: train acc {acc['train']:.2f}  val acc {acc['VA']:.2f}  "

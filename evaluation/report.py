@@ -2,7 +2,7 @@
 metric from them, the original and ideal models' figures cached beside their
 checkpoints, and the summary table.
 
-    out = model_outputs(model, data, split, forgotten)        # logits per split
+    out = model_outputs(model, data, split.forget, split.retain, forgotten)   # logits per split
     mine = model_metrics(out)                                 # accuracy + MIA
     ref_o, _ = reference(original_path, original, ...)        # cached
     ref_i, ideal_out = reference(ideal_path, ideal, ...)      # cached, with logits
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from evaluation.accuracy import accuracy, logits_of
+from evaluation.accuracy import Outputs, accuracies, model_outputs, utility_view
 from evaluation.closeness import avg_gap, logit_fid, mean_kl, relative_ua
 from evaluation.mia import loss_attack, per_sample_loss, svc_mia
 
@@ -36,53 +34,13 @@ POLARITY = {
 }
 
 
-@dataclass
-class Outputs:
-    """Eval-mode logits of one model on each split, with the labels."""
-
-    forget: Tensor
-    retain: Tensor
-    test: Tensor
-    val: Tensor
-    y_forget: Tensor
-    y_retain: Tensor
-    y_test: Tensor
-    y_val: Tensor
-    forgotten_class: int | None = None
-
-
-def model_outputs(model, data, split, forgotten_class: int | None = None) -> Outputs:
-    def train_logits(idx):
-        return logits_of(model, data, data.x_train[idx]).cpu(), data.y_train[idx].cpu()
-
-    f, yf = train_logits(split.forget)
-    r, yr = train_logits(split.retain)
-    v, yv = train_logits(data.val_idx)
-    t, yt = logits_of(model, data, data.x_test).cpu(), data.y_test.cpu()
-    return Outputs(f, r, t, v, yf, yr, yt, yv, forgotten_class)
-
-
-def _utility_view(logits: Tensor, y: Tensor, forgotten: int | None) -> tuple[Tensor, Tensor]:
-    """Test/validation samples that measure utility: all, or all but the forgotten class."""
-    if forgotten is None:
-        return logits, y
-    keep = y != forgotten
-    return logits[keep], y[keep]
-
-
 def model_metrics(out: Outputs, seed: int = 0) -> dict[str, float]:
     """Accuracies and membership-inference figures of one model (no reference needed).
 
     The SVC's members are retain samples, as many as there are test samples
     (Unlearn-Sparse); for class forgetting its non-members exclude the forgotten class."""
-    fc = out.forgotten_class
-    m = {"RA": accuracy(out.retain, out.y_retain), "FA": accuracy(out.forget, out.y_forget)}
-    m["UA"] = 100 - m["FA"]
-    m["TA"] = accuracy(*_utility_view(out.test, out.y_test, fc))
-    m["VA"] = accuracy(*_utility_view(out.val, out.y_val, fc))
-    if fc is not None:
-        m["TA_forgotten_class"] = accuracy(out.test[out.y_test == fc], out.y_test[out.y_test == fc])
-    test_l, test_y = _utility_view(out.test, out.y_test, fc)
+    m = accuracies(out)
+    test_l, test_y = utility_view(out.test, out.y_test, out.forgotten_class)
     rng = np.random.default_rng(seed)
     members = torch.from_numpy(np.sort(rng.choice(len(out.retain), min(len(out.retain), len(test_y)),
                                                   replace=False)))
@@ -127,7 +85,7 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
             return saved["metrics"], Outputs(**saved["outputs"])
         except Exception:  # a damaged cache is recomputed
             pass
-    out = model_outputs(build_model(), data, split, forgotten)
+    out = model_outputs(build_model(), data, split.forget, split.retain, forgotten)
     metrics = model_metrics(out, seed)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import utils
 from dataset import forget_split, load_data
-from evaluation.report import POLARITY, against_references, model_metrics, model_outputs, reference, summary_table
+from evaluation.accuracy import model_outputs
+from evaluation.report import POLARITY, against_references, model_metrics, reference, summary_table
 from models import create_model
 from tracking import Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
-from unlearn.engine import Diverged, Recipe, run
+from unlearn.engine import Diverged, Recipe, check_sets, run
 from utils import UserError
 
 
@@ -135,19 +136,17 @@ def main(args: argparse.Namespace) -> dict:
     if ckpt.get("seed") not in (None, args.seed):
         print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
               file=sys.stderr)
-    hp = {k: getattr(args, k) for k in set(_all_fields(METHODS)) | set(_all_fields(ADDONS))}
-    hp = {k: v for k, v in hp.items() if v is not None}
-    ignored = [k for k in hp if k not in hyperparameters(METHODS[method_name])
-               and k not in hyperparameters(ADDONS[addon_name])]
+    spec = spec_name(method_name, addon_name)
+    given = {k: getattr(args, k) for k in set(_all_fields(METHODS)) | set(_all_fields(ADDONS))
+             if getattr(args, k) is not None}
+    own = set(hyperparameters(METHODS[method_name])) | set(hyperparameters(ADDONS[addon_name]))
+    ignored = sorted(set(given) - own)
     if ignored:
-        print(f"warning: {', '.join('--' + k for k in sorted(ignored))} not used by "
-              f"{spec_name(method_name, addon_name)}; ignored", file=sys.stderr)
+        print(f"warning: {', '.join('--' + k for k in ignored)} not used by {spec}; ignored", file=sys.stderr)
     if args.unlearn_lr is not None and args.unlearn_lr <= 0:
         raise UserError(f"--unlearn_lr must be positive, got {args.unlearn_lr}")
     try:
-        method, addon = make(args.unlearn, **{k: v for k, v in hp.items()
-                                              if k in hyperparameters(METHODS[method_name])
-                                              or k in hyperparameters(ADDONS[addon_name])})
+        method, addon = make(args.unlearn, **{k: v for k, v in given.items() if k in own})
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
 
@@ -156,20 +155,10 @@ def main(args: argparse.Namespace) -> dict:
     utils.set_seed(args.seed)
     data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug).to(device)
     split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace).to(device)
-    needs_f = "forget" in method.uses or "unlearn" in addon.needs
-    if needs_f and not len(split.forget) or not len(split.retain) and ("retain" in method.uses or addon.needs):
-        raise UserError(f"{method_name}+{addon_name} needs non-empty forget and retain sets "
-                        f"(forget {len(split.forget)}, retain {len(split.retain)})")
-    model = create_model(args.arch, ckpt["num_classes"], data.in_channels, ckpt.get("imagenet_arch", False))
-    model.load_state_dict(ckpt["state_dict"])
-    model.to(device)
-    recipe = Recipe(lr=args.unlearn_lr or type(method).unlearn_lr,
-                    epochs=args.unlearn_epochs or type(method).unlearn_epochs,
-                    batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
-                    decreasing_lr=args.decreasing_lr, warmup=args.warmup)
-    spec = spec_name(method_name, addon_name)
-    forgotten = args.class_to_replace if split.is_class_forgetting else None
-    ideal_path, ideal_ckpt = find_ideal(args, split)
+    try:
+        check_sets(method, addon, len(split.forget), len(split.retain))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
     def from_checkpoint(c: dict):
         def build():
@@ -178,12 +167,21 @@ def main(args: argparse.Namespace) -> dict:
             return net.to(device)
         return build
 
+    model = from_checkpoint(ckpt)()
+    recipe = Recipe(lr=args.unlearn_lr or type(method).unlearn_lr,
+                    epochs=args.unlearn_epochs or type(method).unlearn_epochs,
+                    batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
+                    decreasing_lr=args.decreasing_lr, warmup=args.warmup)
+    forgotten = args.class_to_replace if split.is_class_forgetting else None
+    ideal_path, ideal_ckpt = find_ideal(args, split)
+
     resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec,
                 "recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "original_checkpoint": str(path),
                 **{f"method.{k}": v for k, v in dataclasses.asdict(method).items()},
                 **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
-    tags = {**{f"version.{k}": v for k, v in utils.provenance().items()},
-            "git_commit": utils.git_commit(), "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    provenance = utils.provenance()  # git and package versions, read once for the tags and the checkpoint
+    tags = {**{f"version.{k}": v for k, v in provenance.items()},
+            "git_commit": provenance["git_commit"], "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "command_hash": utils.own_command_hash(),
             "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"]}
     tracker = Run(args.tracking_uri, args.experiment or args.dataset, spec, tags)
@@ -194,7 +192,7 @@ def main(args: argparse.Namespace) -> dict:
         tracker.params({**vars(args), **resolved})
         rte = _unlearn(args, model, data, split, method, addon, recipe, tracker)
         t1 = time.perf_counter()
-        out_u = model_outputs(model, data, split, forgotten)
+        out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
         metrics = model_metrics(out_u, args.seed)
         ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed)
         ref_i, out_i = (reference(ideal_path, from_checkpoint(ideal_ckpt), data, split, forgotten, args.seed)
@@ -212,7 +210,7 @@ def main(args: argparse.Namespace) -> dict:
                                "num_classes": ckpt["num_classes"], "imagenet_arch": ckpt.get("imagenet_arch", False),
                                "seed": args.seed, "epochs": args.epochs, "unlearn": spec, "args": vars(args),
                                "resolved": resolved, "split": split.info, "forget_idx": split.forget.cpu(),
-                               "metrics": metrics, "run_id": tracker.id, "provenance": utils.provenance()}, out)
+                               "metrics": metrics, "run_id": tracker.id, "provenance": provenance}, out)
         summary = save_dir / "unlearned" / f"{tracker.id}_metrics.json"
         utils.write_json({"run_id": tracker.id, "unlearn": spec, "metrics": metrics, "original": ref_o,
                           "ideal": ref_i, "polarity": POLARITY, "params": resolved,

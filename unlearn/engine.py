@@ -143,6 +143,16 @@ class _Gradients:
         return total
 
 
+def check_sets(method: Method, addon: Addon, n_forget: int, n_retain: int) -> tuple[bool, bool]:
+    """Which batches a step draws (forget, retain); ValueError when a set it needs is empty."""
+    need_f = "forget" in method.uses or "unlearn" in addon.needs
+    need_r = "retain" in method.uses or "utility" in addon.needs
+    for needed, n, what in ((need_f, n_forget, "forget"), (need_r, n_retain, "retain")):
+        if needed and not n:
+            raise ValueError(f"{method.name}+{addon.name} needs a non-empty {what} set")
+    return need_f, need_r
+
+
 def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, addon: Addon | None = None,
         recipe: Recipe | None = None, *, on_epoch_end: Callable[[int, dict], dict | None] | None = None,
         progress: bool = True, desc: str = "") -> tuple[nn.Module, list[dict]]:
@@ -155,11 +165,7 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     """
     recipe = recipe or Recipe()
     addon = addon or NoAddon()
-    need_f = "forget" in method.uses or "unlearn" in addon.needs
-    need_r = "retain" in method.uses or "utility" in addon.needs
-    for needed, idx, what in ((need_f, forget, "forget"), (need_r, retain, "retain")):
-        if needed and not len(idx):
-            raise ValueError(f"{method.name}+{addon.name} needs a non-empty {what} set")
+    need_f, need_r = check_sets(method, addon, len(forget), len(retain))
     epoch_set = forget if method.epoch_over == "forget" else retain
     other = {"forget": _Cycle(forget, recipe.batch_size) if need_f else None,
              "retain": _Cycle(retain, recipe.batch_size) if need_r else None}
