@@ -67,16 +67,17 @@ def collect_runs(uri: str, hashes: set[str]) -> list[dict]:
 
     c = tracking.client(uri)
     rows = []
-    for row in mlruns_parser.collect(uri, None):
-        run = c.get_run(row["run_id"])
-        if row["status"] == "FINISHED" and run.data.tags.get("command_hash") in hashes:
-            row["seed"] = row["param.seed"]
-            row["run_name"] = spec_name(row["param.method"], row["param.addon"])
-            row["scenario"] = scenario_of(row)
-            row["kept_history"] = [m.value for m in sorted(c.get_metric_history(row["run_id"], "train/kept_share"),
-                                                           key=lambda m: m.step)]
-            row["ideal_checkpoint"] = run.data.tags.get("ideal_checkpoint")
-            rows.append(row)
+    for run, exp in mlruns_parser.runs(uri, None, sweep.FINISHED):
+        if run.data.tags.get("command_hash") not in hashes:
+            continue
+        row = mlruns_parser.flat_row(run, exp)
+        row["seed"] = row["param.seed"]
+        row["run_name"] = spec_name(row["param.method"], row["param.addon"])
+        row["scenario"] = scenario_of(row)
+        row["kept_history"] = [m.value for m in sorted(c.get_metric_history(row["run_id"], "train/kept_share"),
+                                                       key=lambda m: m.step)]
+        row["ideal_checkpoint"] = run.data.tags.get("ideal_checkpoint")
+        rows.append(row)
     return rows
 
 

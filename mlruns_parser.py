@@ -25,30 +25,34 @@ def iso(ms: int | None) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds") if ms else ""
 
 
-def collect(uri: str, experiment: str | None) -> list[dict]:
-    """Every run of the store (or of one experiment) as a flat dict."""
+def flat_row(r, experiment: str) -> dict:
+    """One run as a flat dict: fixed columns, `param.NAME` and the final metrics."""
+    row = {"run_id": r.info.run_id, "experiment": experiment, "run_name": r.info.run_name,
+           "status": r.info.status, "start_time": iso(r.info.start_time), "end_time": iso(r.info.end_time),
+           "failure_reason": r.data.tags.get("failure_reason", "")}
+    row.update({f"param.{k}": v for k, v in r.data.params.items()})
+    row.update(r.data.metrics)
+    return row
+
+
+def runs(uri: str, experiment: str | None, filter_string: str = ""):
+    """(run, experiment name) for every run of the store, or of one experiment."""
     db = tracking.sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {db}: run mlflow_forget.py first, or pass --tracking_uri")
     c = tracking.client(uri)
-    exps = {e.experiment_id: e.name for e in c.search_experiments()}
+    exps = {e.experiment_id: e.name for e in tracking.retry(c.search_experiments)}
     if experiment is not None:
         exps = {i: n for i, n in exps.items() if n == experiment}
         if not exps:
             raise UserError(f"no experiment {experiment!r} in {uri}")
-    rows, token = [], None
-    while True:
-        page = c.search_runs(list(exps), max_results=1000, page_token=token)
-        for r in page:
-            row = {"run_id": r.info.run_id, "experiment": exps[r.info.experiment_id], "run_name": r.info.run_name,
-                   "status": r.info.status, "start_time": iso(r.info.start_time), "end_time": iso(r.info.end_time),
-                   "failure_reason": r.data.tags.get("failure_reason", "")}
-            row.update({f"param.{k}": v for k, v in r.data.params.items()})
-            row.update(r.data.metrics)
-            rows.append(row)
-        token = page.token
-        if not token:
-            return rows
+    for r in tracking.all_runs(c, list(exps), filter_string):
+        yield r, exps[r.info.experiment_id]
+
+
+def collect(uri: str, experiment: str | None) -> list[dict]:
+    """Every run of the store (or of one experiment) as a flat dict."""
+    return [flat_row(r, exp) for r, exp in runs(uri, experiment)]
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

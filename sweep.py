@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import itertools
+import json
 import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -32,6 +35,7 @@ import tracking
 from utils import REPO, UserError, command_hash, script_argv
 
 SCRIPTS = ("main_baseline.py", "main_ideal.py", "mlflow_forget.py")
+FINISHED = "attributes.status = 'FINISHED'"
 
 
 # ---------------------------------------------------------------- generation
@@ -134,6 +138,7 @@ class Line:
         return command_hash(self.argv)
 
 
+@functools.cache  # one parser per script, not one per line of a long params file
 def _parser_of(script: str) -> argparse.ArgumentParser:
     if script == "mlflow_forget.py":
         from unlearn import cli
@@ -175,21 +180,13 @@ def finished_hashes(lines: list[Line], tracking_uri: str | None) -> set[str]:
     """Hashes of lines already done: FINISHED MLflow runs, and base checkpoints on disk."""
     done: set[str] = set()
     if any(line.argv[0] == "mlflow_forget.py" for line in lines):
+        import mlruns_parser
+
         uri = tracking.resolve_uri(tracking_uri)
         db = tracking.sqlite_path(uri)
         if db is None or db.is_file():
-            c = tracking.client(uri)
-            exps = [e.experiment_id for e in tracking.retry(c.search_experiments)]
-            token = None
-            while exps:
-                page = tracking.retry(c.search_runs, exps, "attributes.status = 'FINISHED'",
-                                      max_results=1000, page_token=token)
-                done |= {r.data.tags["command_hash"] for r in page if "command_hash" in r.data.tags}
-                token = page.token
-                if not token:
-                    break
-    import json
-
+            done |= {r.data.tags["command_hash"] for r, _ in mlruns_parser.runs(uri, None, FINISHED)
+                     if "command_hash" in r.data.tags}
     dirs = {Path(_value(line.argv, "--save_dir") or "./results") for line in lines
             if line.argv[0] != "mlflow_forget.py"}
     for d in dirs:
@@ -258,8 +255,6 @@ def run_local(lines: list[Line], jobs: int, log_dir: Path, tracking_uri: str | N
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         return env
-
-    import threading
 
     lock = threading.Lock()
 
