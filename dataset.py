@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import UserError
+from errors import UserError
 
 VAL_SHARE = 0.1  # per class, held out of the training set (Unlearn-Sparse: CIFAR-10 45,000 / 5,000)
 
@@ -169,26 +169,27 @@ class TensorData:
         x = x.float().div_(255)
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
-    def batch(self, idx: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and labels of training samples `idx`; `train=True` augments."""
+    def batch(self, idx: torch.Tensor, train: bool = False,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and labels of training samples `idx`; `train=True` augments, drawing from `generator`."""
         x = self.x_train[idx]
         if train and self.augment != "none":
-            x = augment(x, flip=self.augment == "crop_flip")
+            x = augment(x, flip=self.augment == "crop_flip", generator=generator)
         return self.normalise(x), self.y_train[idx]
 
 
-def augment(x: torch.Tensor, flip: bool, pad: int = 4) -> torch.Tensor:
+def augment(x: torch.Tensor, flip: bool, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop with zero padding `pad` (and horizontal flip), per sample, on x's device."""
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device)
+    dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
     out = padded[torch.arange(b, device=x.device)[:, None, None, None],
                  torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
     if flip:
-        mirror = torch.rand(b, device=x.device) < 0.5
+        mirror = torch.rand(b, device=x.device, generator=generator) < 0.5
         out = torch.where(mirror[:, None, None, None], out.flip(3), out)
     return out
 

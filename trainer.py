@@ -18,7 +18,7 @@ import utils
 from dataset import ForgetSplit, forget_split, load_data
 from evaluation.accuracy import accuracies, accuracy, logits_of, model_outputs
 from models import create_model
-from unlearn.engine import Recipe, run
+from unlearn.impl import Recipe, run
 from unlearn.methods.ft import FT
 from utils import UserError
 
@@ -84,7 +84,7 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
                     weight_decay=args.weight_decay, decreasing_lr=args.decreasing_lr, warmup=args.warmup)
     empty = torch.empty(0, dtype=torch.long, device=device)
     t0 = time.perf_counter()
-    _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, on_epoch_end=on_epoch_end,
+    _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, seed=args.seed, on_epoch_end=on_epoch_end,
                      progress=not args.quiet, desc=kind)
     wall = time.perf_counter() - t0
     model.load_state_dict(best["state"])

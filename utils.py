@@ -22,11 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from errors import UserError  # noqa: F401  (re-exported: the entry scripts raise it from here)
+
 REPO = Path(__file__).resolve().parent
-
-
-class UserError(Exception):
-    """Bad input: printed as one line, without a traceback, and exit code 2."""
 
 
 def run_main(main: Callable[[], Any]) -> None:

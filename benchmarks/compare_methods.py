@@ -21,7 +21,7 @@ from dataset import forget_split, load_data  # noqa: E402
 from evaluation.accuracy import split_accuracies  # noqa: E402
 from models import create_model  # noqa: E402
 from unlearn import make  # noqa: E402
-from unlearn.engine import Diverged, Recipe, run  # noqa: E402
+from unlearn.impl import Diverged, Recipe, run  # noqa: E402
 from utils import load_checkpoint, pick_device, set_seed  # noqa: E402
 
 

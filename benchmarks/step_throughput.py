@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset import TensorData  # noqa: E402
 from models import create_model  # noqa: E402
 from unlearn import make  # noqa: E402
-from unlearn.engine import Recipe, run  # noqa: E402
+from unlearn.impl import Recipe, run  # noqa: E402
 from utils import pick_device  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from evaluation.accuracy import split_accuracies
 from models import create_model
 from unlearn import ADDONS, ALIASES, METHODS, make, parse_unlearn
 from unlearn.addons.mask import Mask
-from unlearn.engine import Diverged, Recipe, lr_at, run, sgd_step
+from unlearn.impl import Diverged, Recipe, lr_at, run, sgd_step
 from unlearn.methods.ft import FT
 
 
@@ -45,10 +45,10 @@ def test_every_method_with_every_addon_takes_finite_steps(digits, trained, metho
     model = copy.deepcopy(trained)
     before = [p.detach().clone() for p in model.parameters()]
     m, a = make(f"{method}+{addon}")
-    # sets of one batch each: two epochs are two engine steps
+    # sets of one batch each: one step per pass (two for a pass over their union)
     _, hist = run(model, data, split.forget[:16], split.retain[:16], m, a,
-                  Recipe(lr=0.01, epochs=2, batch_size=16), progress=False)
-    assert len(hist) == 2 and all(h["steps"] == 1 for h in hist)
+                  Recipe(lr=0.01, epochs=2, batch_size=16), seed=0, progress=False)
+    assert [h["steps"] for h in hist] == [sum(1 + (p.over == "union") for p in m.passes(e)) for e in range(2)]
     for h in hist:
         assert all(math.isfinite(v) for k, v in h.items() if isinstance(v, float)), h
     moved = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
@@ -161,3 +161,175 @@ def test_aliases_point_to_registered_names():
 def test_unknown_hyperparameter_fails_loudly():
     with pytest.raises(TypeError, match="no hyper-parameter"):
         make("GA+VarGrad", alpha=0.5)
+
+
+# ---------------------------------------------------------------- passes
+class _Spy:
+    """Wraps a method and records, per step, the pass and the batches its `losses` saw."""
+
+    def __init__(self, method):
+        self.m, self.seen = method, []
+
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+    def losses(self, model, forget, retain, progress):
+        self.seen.append((progress.epoch, progress.pass_name,
+                          None if forget is None else forget.y.clone(), None if retain is None else retain.y.clone(),
+                          None if forget is None else forget.x.clone()))
+        return self.m.losses(model, forget, retain, progress)
+
+
+def test_scrub_runs_max_passes_over_the_forget_set_exactly_while_epoch_below_msteps(digits, trained):
+    data, split = digits
+    m, _ = make("SCRUB", msteps=2, forget_batch_size=32)
+    spy = _Spy(m)
+    forget, retain = split.forget[:64], split.retain[:96]
+    _, hist = run(copy.deepcopy(trained), data, forget, retain, spy, None, Recipe(lr=1e-3, epochs=3, batch_size=32),
+                  seed=0, progress=False)
+    passes = [(e, name) for e, name, *_ in spy.seen]
+    # epochs 0 and 1: 2 max steps (64 / 32) then 3 min steps (96 / 32); epoch 2: min steps only
+    assert passes == [(0, "max")] * 2 + [(0, "min")] * 3 + [(1, "max")] * 2 + [(1, "min")] * 3 + [(2, "min")] * 3
+    assert all(f is not None and r is None for _, n, f, r, _x in spy.seen if n == "max")
+    assert all(f is None and r is not None for _, n, f, r, _x in spy.seen if n == "min")
+    assert [h["steps"] for h in hist] == [5, 5, 3]
+    assert "unlearn" in hist[1] and "unlearn" not in hist[2]
+
+
+@pytest.mark.parametrize("mode", ["split", "union"])
+def test_rl_modes_walk_the_published_passes(digits, trained, mode):
+    data, split = digits
+    m, _ = make("RL", rl_mode=mode)
+    spy = _Spy(m)
+    forget, retain = split.forget[:40], split.retain[:80]
+    run(copy.deepcopy(trained), data, forget, retain, spy, None, Recipe(lr=1e-3, epochs=1, batch_size=20),
+        seed=0, progress=False)
+    names = [n for _, n, *_ in spy.seen]
+    if mode == "split":  # a forget pass, then a retain pass
+        assert names == ["forget"] * 2 + ["retain"] * 4
+    else:  # one pass over the union: 6 batches, each split into forget and retain rows
+        assert names == ["union"] * 6
+        n_f = sum(len(f) for _, _, f, _r, _x in spy.seen)
+        n_r = sum(len(r) for _, _, _f, r, _x in spy.seen)
+        assert (n_f, n_r) == (40, 80)
+        assert sum(0 < len(f) < 20 for _, _, f, _r, _x in spy.seen) >= 2  # batches really are mixed
+
+
+def test_rl_union_terms_add_up_to_the_batch_mean_cross_entropy(digits, trained):
+    from unlearn.methods.common import Batch
+    data, split = digits
+    m, _ = make("RL", rl_mode="union")
+    m.num_classes, m.generator = 10, torch.Generator().manual_seed(0)
+    f, r = Batch(*data.batch(split.forget[:5])), Batch(*data.batch(split.retain[:11]))
+    labels = m.random_labels(f.y)
+    m.generator.manual_seed(0)
+    terms = m.losses(trained, f, r, None)
+    model_out = trained(torch.cat([f.x, r.x]))
+    whole = torch.nn.functional.cross_entropy(model_out, torch.cat([labels, r.y]))
+    assert (terms["unlearn"] + terms["utility"]).item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+# ------------------------------------------------------- paired comparisons
+@pytest.mark.parametrize("addon", ["Mask", "VarGrad", "SalUn"])
+def test_an_addon_never_changes_the_batches_the_method_sees(digits, trained, addon):
+    data, split = digits
+    streams = {}
+    for spec in ("GA", f"GA+{addon}"):
+        m, a = make(spec)
+        spy = _Spy(m)
+        run(copy.deepcopy(trained), data, split.forget, split.retain, spy, a, Recipe(lr=1e-3, epochs=2, batch_size=16),
+            seed=3, progress=False)
+        streams[spec] = spy.seen
+    base, other = streams["GA"], streams[f"GA+{addon}"]
+    assert len(base) == len(other) > 4
+    assert all(torch.equal(a[2], b[2]) and torch.equal(a[4], b[4]) for a, b in zip(base, other))
+
+
+def test_same_seed_same_batches_other_seed_other_batches(digits, trained):
+    data, split = digits
+    seen = []
+    for seed in (1, 1, 2):
+        spy = _Spy(make("GA")[0])
+        run(copy.deepcopy(trained), data, split.forget, split.retain, spy, None,
+            Recipe(lr=1e-3, epochs=1, batch_size=16), seed=seed, progress=False)
+        seen.append(torch.cat([s[2] for s in spy.seen]))
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
+
+
+def test_vargrad_beta0_half_ends_bit_identical_to_mask(digits, trained):
+    data, split = digits
+    out = []
+    for spec, hp in (("GA+Mask", {}), ("GA+VarGrad", {"beta": 0.0, "quantile": 0.5})):
+        model = copy.deepcopy(trained)
+        run(model, data, split.forget, split.retain, *make(spec, **hp), Recipe(lr=0.01, epochs=3, batch_size=16),
+            seed=5, progress=False)
+        out.append(model.state_dict())
+    assert all(torch.equal(out[0][k], out[1][k]) for k in out[0])
+
+
+# ------------------------------------------------------- batch-norm side channel
+def test_bn_stats_freeze_with_every_weight_frozen_leaves_the_state_dict_bit_identical(digits, trained):
+    data, split = digits
+    for bn_stats, identical in (("freeze", True), ("update", False)):
+        model = copy.deepcopy(trained)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        run(model, data, split.forget, split.retain, *make("GA+VarGrad", quantile=1.0),
+            Recipe(lr=0.01, epochs=2, batch_size=16, bn_stats=bn_stats), seed=0, progress=False)
+        after = model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before) == identical, bn_stats
+        # the weights never move either way: only the running statistics (and counters) can
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_vargrad_warmup_leaves_model_state_untouched(digits, trained):
+    from unlearn.addons.vargrad import VarGrad
+    from unlearn.impl import _Gradients, _Stream
+    data, split = digits
+    model = copy.deepcopy(trained).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stream = _Stream(data, split.forget, split.retain, 0, torch.device("cpu"))
+    VarGrad(warmup_batches=3).prepare(_Gradients(model, data, split.forget, stream, 16))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------- Adam
+def test_adam_step_without_mask_is_torch_adam():
+    from unlearn.impl import adam_step
+    q = torch.tensor([1.0, -2.0, 0.5])
+    ref = torch.nn.Parameter(q.clone())
+    opt = torch.optim.Adam([ref], lr=0.1, weight_decay=0.01)
+    state = {k: [torch.zeros(3)] for k in ("m", "v", "t")}
+    for g in ([0.3, -0.1, 0.0], [0.2, 0.4, -1.0], [-0.5, 0.1, 0.2]):
+        adam_step([q], [torch.tensor(g)], None, state, 0.1, 0.01)
+        ref.grad = torch.tensor(g)
+        opt.step()
+    assert torch.allclose(q, ref.detach(), atol=1e-7)
+
+
+def test_adam_masked_coordinate_keeps_value_moments_and_step_count():
+    from unlearn.impl import adam_step
+    p = torch.tensor([1.0, 1.0])
+    state = {k: [torch.zeros(2)] for k in ("m", "v", "t")}
+    adam_step([p], [torch.tensor([1.0, 1.0])], [torch.tensor([True, True])], state, 0.1, 0.1)
+    snap = {k: v[0].clone() for k, v in state.items()}, p.clone()
+    adam_step([p], [torch.tensor([5.0, 5.0])], [torch.tensor([True, False])], state, 0.1, 0.1)
+    assert p[1] == snap[1][1] and p[0] != snap[1][0]
+    for k in ("m", "v", "t"):
+        assert state[k][0][1] == snap[0][k][1] and state[k][0][0] != snap[0][k][0]
+
+
+def test_feasibility_holds_with_adam(digits, trained):
+    data, split = digits
+    model = copy.deepcopy(trained)
+    params = [p for p in model.parameters() if p.requires_grad]
+    addon = _RecordingMask(params)
+    run(model, data, split.forget, split.retain, make("NegGrad+")[0], addon,
+        Recipe(lr=1e-3, epochs=2, batch_size=32, optimizer="adam", weight_decay=5e-3), seed=0, progress=False)
+    assert addon.checked > 10 * len(params)
+
+
+def test_recipe_rejects_unknown_optimizer_and_bn_mode():
+    with pytest.raises(ValueError, match="optimizer"):
+        Recipe(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="bn_stats"):
+        Recipe(bn_stats="off")

@@ -16,11 +16,11 @@ from pathlib import Path
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import model_outputs
-from evaluation.report import POLARITY, against_references, model_metrics, reference, summary_table
+from evaluation.report import against_references, model_metrics, polarity, reference, summary_table
 from models import create_model
 from tracking import Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
-from unlearn.engine import Diverged, Recipe, check_sets, run
+from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, Recipe, check_sets, run
 from utils import UserError
 
 
@@ -36,11 +36,20 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                    help="training epochs of the original model: names its checkpoint (default 182)")
     g.add_argument("--ideal", default=None, metavar="CHECKPOINT",
                    help="the ideal model (main_ideal.py's output; default: its name under --save_dir)")
+    g.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
+                   help="no unlearning: score this model (the ideal one, or one made elsewhere) with the same "
+                        "metrics against the original and ideal models, and log it as a run")
     g.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: the method's)")
     g.add_argument("--unlearn_lr", type=float, default=None, help="unlearning learning rate (default: the method's)")
     g.add_argument("--batch_size", type=int, default=256, help="batch size of forget and retain batches (256)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
+                   help="sgd or adam (default: the method's; adam for BadTeacher, else sgd)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, Adam's beta1 (default 0.9)")
+    g.add_argument("--weight_decay", type=float, default=None,
+                   help="weight decay (default: the method's; 0 for BadTeacher, else 5e-4)")
+    g.add_argument("--bn_stats", default="update", choices=BN_STATS,
+                   help="update: train-mode forwards move batch-norm running statistics, as in the published "
+                        "code (default); freeze: they never change, closing that side channel")
     g.add_argument("--decreasing_lr", type=utils.int_list, default=[],
                    help="unlearning epochs at which lr is multiplied by 0.1, comma-separated (default none)")
     g.add_argument("--warmup", type=int, default=0, help="epochs of linear lr warm-up (default 0)")
@@ -167,30 +176,46 @@ def main(args: argparse.Namespace) -> dict:
             return net.to(device)
         return build
 
-    model = from_checkpoint(ckpt)()
-    recipe = Recipe(lr=args.unlearn_lr or type(method).unlearn_lr,
-                    epochs=args.unlearn_epochs or type(method).unlearn_epochs,
-                    batch_size=args.batch_size, momentum=args.momentum, weight_decay=args.weight_decay,
-                    decreasing_lr=args.decreasing_lr, warmup=args.warmup)
+    evaluated = None
+    if args.evaluate:  # score a given model: no unlearning
+        evaluated = utils.load_checkpoint(args.evaluate, dataset=args.dataset, arch=args.arch)
+        if evaluated.get("num_classes", ckpt["num_classes"]) != ckpt["num_classes"]:
+            raise UserError(f"--evaluate {args.evaluate} has {evaluated['num_classes']} classes, the original "
+                            f"model {ckpt['num_classes']}")
+        spec = f"evaluate:{evaluated.get('kind', 'model')}"
+    model = from_checkpoint(evaluated or ckpt)()
+    mcls = type(method)
+    recipe = Recipe(lr=args.unlearn_lr or mcls.unlearn_lr, epochs=args.unlearn_epochs or mcls.unlearn_epochs,
+                    batch_size=args.batch_size, momentum=args.momentum,
+                    weight_decay=mcls.unlearn_weight_decay if args.weight_decay is None else args.weight_decay,
+                    decreasing_lr=args.decreasing_lr, warmup=args.warmup,
+                    optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats)
     forgotten = args.class_to_replace if split.is_class_forgetting else None
+    polarities = polarity(split.is_class_forgetting)
     ideal_path, ideal_ckpt = find_ideal(args, split)
 
     resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec,
-                "recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "original_checkpoint": str(path),
+                "recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "recipe_optimizer": recipe.optimizer,
+                "recipe_weight_decay": recipe.weight_decay, "bn_stats": recipe.bn_stats,
+                "original_checkpoint": str(path),
                 **{f"method.{k}": v for k, v in dataclasses.asdict(method).items()},
                 **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
+    if evaluated is not None:
+        resolved = {"unlearn_spec": spec, "evaluated_checkpoint": str(Path(args.evaluate).resolve()),
+                    "original_checkpoint": str(path)}
     provenance = utils.provenance()  # git and package versions, read once for the tags and the checkpoint
     tags = {**{f"version.{k}": v for k, v in provenance.items()},
             "git_commit": provenance["git_commit"], "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "command_hash": utils.own_command_hash(),
             "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"]}
     tracker = Run(args.tracking_uri, args.experiment or args.dataset, spec, tags)
+    what = "no unlearning" if evaluated is not None else \
+        f"{recipe.optimizer} lr {recipe.lr:g}, {recipe.epochs} epochs, batch-norm statistics {recipe.bn_stats}"
     print(f"{spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "
-          f"retain {len(split.retain)}, lr {recipe.lr:g}, {recipe.epochs} epochs, device {device}; "
-          f"MLflow run {tracker.id} in {tracker.uri}")
+          f"retain {len(split.retain)}, {what}, device {device}; MLflow run {tracker.id} in {tracker.uri}")
     try:
         tracker.params({**vars(args), **resolved})
-        rte = _unlearn(args, model, data, split, method, addon, recipe, tracker)
+        rte = _unlearn(args, model, data, split, method, addon, recipe, tracker) if evaluated is None else 0.0
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
         metrics = model_metrics(out_u, args.seed)
@@ -201,19 +226,24 @@ def main(args: argparse.Namespace) -> dict:
         metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
         tracker.metrics({**metrics, **{f"original/{k}": v for k, v in ref_o.items()},
                          **{f"ideal/{k}": v for k, v in (ref_i or {}).items()}})
-        tracker.tags({f"polarity.{k}": POLARITY[k] for k in metrics if k in POLARITY}
+        tracker.tags({f"polarity.{k}": polarities[k] for k in metrics if k in polarities}
                      | ({"ideal_checkpoint": str(ideal_path)} if ideal_path else {}))
-        out = unlearned_path(save_dir, args, spec, tracker.id, split.info["num_indexes_to_replace"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        utils.save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                               "kind": "unlearned", "arch": args.arch, "dataset": args.dataset,
-                               "num_classes": ckpt["num_classes"], "imagenet_arch": ckpt.get("imagenet_arch", False),
-                               "seed": args.seed, "epochs": args.epochs, "unlearn": spec, "args": vars(args),
-                               "resolved": resolved, "split": split.info, "forget_idx": split.forget.cpu(),
-                               "metrics": metrics, "run_id": tracker.id, "provenance": provenance}, out)
+        if evaluated is None:
+            out = unlearned_path(save_dir, args, spec, tracker.id, split.info["num_indexes_to_replace"])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            utils.save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                                   "kind": "unlearned", "arch": args.arch, "dataset": args.dataset,
+                                   "num_classes": ckpt["num_classes"],
+                                   "imagenet_arch": ckpt.get("imagenet_arch", False),
+                                   "seed": args.seed, "epochs": args.epochs, "unlearn": spec, "args": vars(args),
+                                   "resolved": resolved, "split": split.info, "forget_idx": split.forget.cpu(),
+                                   "metrics": metrics, "run_id": tracker.id, "provenance": provenance}, out)
+        else:
+            out = Path(args.evaluate)
         summary = save_dir / "unlearned" / f"{tracker.id}_metrics.json"
+        summary.parent.mkdir(parents=True, exist_ok=True)
         utils.write_json({"run_id": tracker.id, "unlearn": spec, "metrics": metrics, "original": ref_o,
-                          "ideal": ref_i, "polarity": POLARITY, "params": resolved,
+                          "ideal": ref_i, "polarity": polarities, "params": resolved,
                           "ideal_checkpoint": str(ideal_path) if ideal_path else None}, summary)
         tracker.artifact(summary)
         tracker.tags({"checkpoint": str(out.resolve())})
@@ -226,7 +256,7 @@ def main(args: argparse.Namespace) -> dict:
         tracker.end("FAILED", f"{type(e).__name__}: {e}")
         raise
     tracker.end("FINISHED")
-    print(summary_table(metrics, ref_o, ref_i, spec))
+    print(summary_table(metrics, ref_o, ref_i, spec, polarities))
     print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
           f"VA {metrics['VA']:.2f}  RTE {metrics['RTE']:.1f}s  -> {out}")
     return metrics
@@ -245,6 +275,6 @@ def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run) -> f
         spent_in_callbacks += time.perf_counter() - t
 
     t0 = time.perf_counter()
-    run(model, data, split.forget, split.retain, method, addon, recipe, on_epoch_end=on_epoch_end,
+    run(model, data, split.forget, split.retain, method, addon, recipe, seed=args.seed, on_epoch_end=on_epoch_end,
         progress=not args.quiet, desc=args.unlearn)
     return time.perf_counter() - t0 - spent_in_callbacks

@@ -4,6 +4,7 @@ kept coordinates the step cannot increase L_C to first order (a feasible update)
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from unlearn import register_addon
@@ -12,7 +13,7 @@ from unlearn.addons.common import Addon, apply_mask
 
 def sign_agreement(g_u: Tensor, g_c: Tensor) -> Tensor:
     """Boolean mask of the coordinates where both gradients point the same way (zeros excluded)."""
-    return (g_u * g_c) > 0
+    return torch.sign(g_u) * torch.sign(g_c) > 0  # signs, not the product: it can underflow to 0
 
 
 @register_addon("Mask")

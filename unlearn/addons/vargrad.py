@@ -4,10 +4,13 @@ with the unlearning step. Running EMA estimates (factor beta) of the mean m_i an
 variance v_i of the batch utility gradient give, under a Gaussian model of the noise,
 p_i = Phi(sign(g_U,i) * m_i / sqrt(v_i + eps)); coordinate i is kept when p_i > quantile.
 
-Before the first step the statistics are warmed up on `warmup_batches` retain batches, and p_i
-counts as 0.5 until two batches have been seen, so that a threshold above 0.5 never
-passes on a variance of zero. With beta = 0 the estimate is the current batch gradient
-and quantile 0.5 keeps exactly the coordinates of `Mask`."""
+Warm-up: before the first step, the mean and variance are estimated exactly (sample mean
+and unbiased sample variance, Welford's algorithm) over `warmup_batches` >= 2 retain
+batches of the add-on's own stream; the EMA continues from them. An EMA started from zero
+without correction is biased low (about 0.54 sigma^2 after five samples at beta 0.9), which
+would make short runs keep more than `--quantile` says; a variance from fewer than two
+batches is no estimate, so fewer warm-up batches are refused. With beta = 0 the estimate
+is the current batch gradient and quantile 0.5 keeps exactly the coordinates of `Mask`."""
 
 from __future__ import annotations
 
@@ -28,6 +31,14 @@ def ema_moments(mean: Tensor, var: Tensor, g: Tensor, beta: float) -> tuple[Tens
     mean = mean + (1 - beta) * delta
     var = beta * (var + (1 - beta) * delta * delta)
     return mean, var
+
+
+def welford(mean: Tensor, m2: Tensor, g: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Add the n-th sample g (n >= 1) to a running mean and sum of squared deviations m2;
+    the unbiased variance of the n samples is m2 / (n - 1)."""
+    delta = g - mean
+    mean = mean + delta / n
+    return mean, m2 + delta * (g - mean)
 
 
 def alignment_z(g_u: Tensor, mean: Tensor, var: Tensor, eps: float = EPS) -> Tensor:
@@ -51,34 +62,33 @@ def probably_aligned(g_u: Tensor, mean: Tensor, var: Tensor, quantile: float, ep
 class VarGrad(Addon):
     beta: float = 0.9  # EMA factor of the running mean and variance
     quantile: float = 0.55  # keep when the probability of alignment exceeds it
-    warmup_batches: int = 4  # retain batches seen before the first step
+    warmup_batches: int = 4  # retain batches that estimate the statistics before the first step (>= 2)
     needs = ("unlearn", "utility")
     mean: list[Tensor] | None = field(default=None, init=False, repr=False)
     var: list[Tensor] | None = field(default=None, init=False, repr=False)
-    seen: int = field(default=0, init=False)
 
     def __post_init__(self):
         if not 0 <= self.beta < 1:
             raise ValueError(f"VarGrad: --beta must be in [0, 1), got {self.beta}")
         if not 0 < self.quantile <= 1:  # 1 keeps nothing: every coordinate frozen
             raise ValueError(f"VarGrad: --quantile must be in (0, 1], got {self.quantile}")
-
-    def observe(self, g_c: list[Tensor]) -> None:
-        if self.mean is None:  # the first sample is the mean; no variance yet
-            self.mean, self.var = [g.clone() for g in g_c], [torch.zeros_like(g) for g in g_c]
-        else:
-            pairs = [ema_moments(m, v, g, self.beta) for m, v, g in zip(self.mean, self.var, g_c)]
-            self.mean, self.var = [p[0] for p in pairs], [p[1] for p in pairs]
-        self.seen += 1
+        if self.warmup_batches < 2:
+            raise ValueError(f"VarGrad: --warmup_batches must be at least 2 (a variance needs two batches), "
+                             f"got {self.warmup_batches}")
 
     def prepare(self, source):
+        n = 0
         for g_c in source.retain_grads(self.warmup_batches):
-            self.observe(g_c)
+            n += 1
+            if n == 1:
+                self.mean, m2 = [g.clone() for g in g_c], [torch.zeros_like(g) for g in g_c]
+            else:
+                pairs = [welford(m, s, g, n) for m, s, g in zip(self.mean, m2, g_c)]
+                self.mean, m2 = [p[0] for p in pairs], [p[1] for p in pairs]
+        self.var = [s / (n - 1) for s in m2]
 
     def direction(self, g_u, g_c, g_obj):
-        self.observe(g_c)
-        if self.seen < 2:  # p counts as 0.5, which passes only a threshold below 0.5
-            keep = [torch.full_like(g, self.quantile < 0.5, dtype=torch.bool) for g in g_obj]
-        else:
-            keep = [probably_aligned(u, m, v, self.quantile) for u, m, v in zip(g_u, self.mean, self.var)]
+        pairs = [ema_moments(m, v, g, self.beta) for m, v, g in zip(self.mean, self.var, g_c)]
+        self.mean, self.var = [p[0] for p in pairs], [p[1] for p in pairs]
+        keep = [probably_aligned(u, m, v, self.quantile) for u, m, v in zip(g_u, self.mean, self.var)]
         return apply_mask(g_obj, keep), keep

@@ -5,6 +5,11 @@ one function, `losses(model, forget, retain, progress)`, that returns its loss
 terms: "unlearn" (on the forget batch) and/or "utility" (on the retain batch).
 Any other key is a monitored figure (a detached tensor), averaged per epoch.
 Methods never see the optimizer, the device or the command line.
+
+An epoch is an ordered list of passes (`passes(epoch)`). The default is one fused
+pass over `epoch_over` that also draws a cycled batch of the other set in `uses`
+(NegGrad+: every retain batch comes with a forget batch); SCRUB and RL declare
+their published sequences of passes instead.
 """
 
 from __future__ import annotations
@@ -25,11 +30,24 @@ class Batch(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Pass:
+    """One pass of an epoch: walk `over` once ("forget", "retain", or "union": the shuffled
+    union of both, each batch split into its forget and retain part), with a cycled batch
+    of each other set in `uses`; `batch_size` None means the recipe's."""
+
+    over: str
+    uses: tuple[str, ...]
+    batch_size: int | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Progress:
     epoch: int  # 0-based
     epochs: int
-    step: int  # within the epoch
+    step: int  # within the epoch, over all its passes
     steps: int
+    pass_name: str = ""
 
     @property
     def fraction(self) -> float:
@@ -40,9 +58,11 @@ class Progress:
 class Context:
     """What a method may ask for before unlearning starts (read lazily, copied once)."""
 
-    def __init__(self, model: nn.Module, num_classes: int, num_forget: int, num_retain: int):
+    def __init__(self, model: nn.Module, num_classes: int, num_forget: int, num_retain: int,
+                 generator: torch.Generator | None = None):
         self._model = model
         self.num_classes, self.num_forget, self.num_retain = num_classes, num_forget, num_retain
+        self.generator = generator  # the run's own stream: draw random labels from it
 
     @cached_property
     def original(self) -> nn.Module:
@@ -70,13 +90,19 @@ class Method:
     """Base record. Class attributes say what the engine must provide."""
 
     name: ClassVar[str]
-    uses: ClassVar[tuple[str, ...]] = ("forget", "retain")  # batches `losses` reads
-    epoch_over: ClassVar[str] = "forget"  # the set one epoch passes over once
+    uses: ClassVar[tuple[str, ...]] = ("forget", "retain")  # batches `losses` reads (default pass)
+    epoch_over: ClassVar[str] = "forget"  # the set the default single pass walks once
     unlearn_epochs: ClassVar[int] = 10  # published defaults, used when the flags are not given
     unlearn_lr: ClassVar[float] = 0.01
+    unlearn_optimizer: ClassVar[str] = "sgd"
+    unlearn_weight_decay: ClassVar[float] = 5e-4
 
     def setup(self, ctx: Context) -> None:
         """Called once before the first step."""
+
+    def passes(self, epoch: int) -> list[Pass]:
+        """The passes of epoch `epoch` (0-based), in order."""
+        return [Pass(self.epoch_over, self.uses)]
 
     def losses(self, model: nn.Module, forget: Batch | None, retain: Batch | None,
                progress: Progress) -> dict[str, Tensor]:
@@ -95,10 +121,19 @@ def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.argmax(1) == y).float().mean().detach() * 100
 
 
-def kl_to_teacher(student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0) -> Tensor:
-    """KL(teacher || student) of the softened outputs, times T^2 (Hinton et al. 2015)."""
-    return F.kl_div(F.log_softmax(student_logits / T, 1), F.log_softmax(teacher_logits / T, 1),
-                    reduction="batchmean", log_target=True) * T * T
+def kl_to_teacher(student_logits: Tensor, teacher_logits: Tensor, T: float = 1.0, n: int | None = None) -> Tensor:
+    """KL(teacher || student) of the softened outputs, times T^2 (Hinton et al. 2015), summed over
+    the rows and divided by n (default: the number of rows, i.e. the batch mean)."""
+    kl = F.kl_div(F.log_softmax(student_logits / T, 1), F.log_softmax(teacher_logits / T, 1),
+                  reduction="sum", log_target=True) * T * T
+    return kl / (n if n is not None else max(len(student_logits), 1))
+
+
+def union_logits(model: nn.Module, forget: Batch, retain: Batch) -> tuple[Tensor, Tensor]:
+    """One forward pass over a union batch (batch norm sees it whole), split back into its
+    forget and retain rows."""
+    out = model(torch.cat([forget.x, retain.x]))
+    return out[:len(forget.y)], out[len(forget.y):]
 
 
 def l1_norm(model: nn.Module) -> Tensor:

@@ -1,31 +1,48 @@
-"""RL, random labelling (Golatkar et al. 2020; SalUn: 10 epochs, lr 0.013 on CIFAR-10).
-Loss: L_U = CE(forget, uniformly random labels) on B_F, L_C = CE(retain) on B_R.
-
-The published code trains on the union of D_F (relabelled) and D_R; one epoch
-passes over D_R here and each term is weighted by its set's share of the union,
-so the expected step equals that of the published loop."""
+"""RL, random labelling (Golatkar et al. 2020), as in Unlearn-Saliency's `unlearn/RL.py`
+(SalUn, Fan et al. ICLR 2024: 10 epochs, lr 0.013 on CIFAR-10).
+`--rl_mode split` (their CIFAR-10 / SVHN branch, the default): each epoch a pass over D_F
+with fresh uniformly random labels per batch, L_U = CE(forget, random labels), then a pass
+over D_R with L_C = CE(retain). `--rl_mode union` (their CIFAR-100 / Tiny-ImageNet branch):
+one pass over the shuffled union of D_F (random labels) and D_R; each batch's mean CE is
+split into L_U (its forget rows) and L_C (its retain rows), which add up to it."""
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from unlearn import register_method
-from unlearn.methods.common import Method, ce
+from unlearn.methods.common import Method, Pass, accuracy, union_logits
 
 
 @register_method("RL")
 @dataclass
 class RL(Method):
-    uses = ("forget", "retain")
-    epoch_over = "retain"
+    rl_mode: str = "split"  # "split": forget pass then retain pass; "union": one pass over D_F + D_R
     unlearn_epochs, unlearn_lr = 10, 0.013
 
+    def __post_init__(self):
+        if self.rl_mode not in ("split", "union"):
+            raise ValueError(f"RL: --rl_mode must be split or union, got {self.rl_mode!r}")
+
     def setup(self, ctx):
-        self.num_classes = ctx.num_classes
-        self.w_forget = ctx.num_forget / (ctx.num_forget + ctx.num_retain)
+        self.num_classes, self.generator = ctx.num_classes, ctx.generator
+
+    def passes(self, epoch):
+        if self.rl_mode == "union":
+            return [Pass("union", ("forget", "retain"), None, "union")]
+        return [Pass("forget", ("forget",), None, "forget"), Pass("retain", ("retain",), None, "retain")]
+
+    def random_labels(self, y):
+        return torch.randint(0, self.num_classes, y.shape, device=y.device, generator=self.generator)
 
     def losses(self, model, forget, retain, progress):
-        labels = torch.randint(0, self.num_classes, forget.y.shape, device=forget.y.device)
-        l_f, _ = ce(model, forget, labels)
-        l_r, acc = ce(model, retain)
-        return {"unlearn": self.w_forget * l_f, "utility": (1 - self.w_forget) * l_r, "retain_acc": acc}
+        if forget is not None and retain is not None:  # a union batch
+            out_f, out_r = union_logits(model, forget, retain)
+            n = len(forget.y) + len(retain.y)
+            return {"unlearn": F.cross_entropy(out_f, self.random_labels(forget.y), reduction="sum") / n,
+                    "utility": F.cross_entropy(out_r, retain.y, reduction="sum") / n}
+        if forget is not None:
+            return {"unlearn": F.cross_entropy(model(forget.x), self.random_labels(forget.y))}
+        out_r = model(retain.x)
+        return {"utility": F.cross_entropy(out_r, retain.y), "retain_acc": accuracy(out_r, retain.y)}

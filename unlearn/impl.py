@@ -1,0 +1,372 @@
+"""The shared unlearning implementation: the toolkit's one training loop, and the only
+code that steps the weights (the papers' code keeps it in `unlearn/impl.py` too).
+
+Training the original model, retraining the ideal one and every unlearning
+method run through `run()`. A method declares each epoch as an ordered list of
+passes; the single extension point is the pair (method, add-on):
+
+    for epoch in range(recipe.epochs):
+        for p in method.passes(epoch):             # e.g. SCRUB: [max over D_F, min over D_R]
+            for batch in shuffled batches of p.over (forget, retain or their union):
+                B_F, B_R = the batches p.uses      # the set p walks, plus a cycled batch of the other
+                terms = method.losses(model, B_F, B_R, progress)   # {"unlearn": L_U, "utility": L_C}
+                if the add-on reads separate gradients:
+                    g_U, g_C = grad L_U, grad L_C   # a term the pass lacks is computed for the
+                                                    #   add-on only (-CE(B_F), CE(B_R)), on a batch
+                                                    #   of the companion stream if p drew none
+                g_obj = grad of the pass's own terms  # d = g_U + g_C without an add-on
+                d, keep = addon.direction(g_U, g_C, g_obj)
+                step(params, d, keep)               # SGD or Adam; coordinates outside `keep` do not
+                                                    #   move, nor do their momentum, moments or decay
+
+Paired comparisons: the batches, augmentations and random labels a run sees come
+from one generator seeded by `seed` (the method's stream). The batches of a term
+computed for the add-on only come from a second one (the companion stream), and
+what an add-on draws before the first step (warm-up batches) from a third. So
+`GA`, `GA+Mask` and `GA+VarGrad` of one seed see the same forget batches in the
+same order, and `GA+Mask` and `GA+VarGrad` the same retain batches too.
+
+Usable from a notebook:
+
+    model, history = run(model, data, split.forget, split.retain, *make("NegGrad+VarGrad"),
+                         Recipe(lr=0.01, epochs=5), seed=1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from unlearn.addons.common import Addon, Grads
+from unlearn.addons.none import NoAddon
+from unlearn.methods.common import Batch, Context, Method, Pass, Progress
+
+CHECK_EVERY = 20  # steps between non-finite checks (each costs one device sync)
+COMPANION_STREAM, PREPARE_STREAM = 0x5EED, 0xC0FFEE  # offsets of the other generators' seeds
+OPTIMIZERS = ("sgd", "adam")
+BN_STATS = ("update", "freeze")
+
+
+@dataclass
+class Recipe:
+    """Optimisation hyper-parameters (SGD as in the papers' code; Adam for BadTeacher)."""
+
+    lr: float = 0.01
+    epochs: int = 10
+    batch_size: int = 256
+    momentum: float = 0.9  # SGD momentum (Adam: beta1 is 0.9, beta2 0.999)
+    weight_decay: float = 5e-4  # L2 added to the gradient, as torch.optim.SGD / Adam do
+    decreasing_lr: list[int] = field(default_factory=list)  # epochs at which lr is multiplied by 0.1
+    warmup: int = 0  # epochs of linear warm-up from lr / steps to lr
+    optimizer: str = "sgd"  # "sgd" or "adam"
+    bn_stats: str = "update"  # "freeze": batch-norm running statistics never change
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats {self.bn_stats!r}: choose one of {', '.join(BN_STATS)}")
+
+
+class Diverged(RuntimeError):
+    """A loss term became non-finite; the weights after this point are meaningless."""
+
+
+def lr_at(recipe: Recipe, epoch: int, step: int, steps: int) -> float:
+    """Learning rate of one step: linear warm-up, then x0.1 at each `decreasing_lr` milestone."""
+    if epoch < recipe.warmup:
+        return recipe.lr * (epoch * steps + step + 1) / (recipe.warmup * steps)
+    return recipe.lr * 0.1 ** sum(epoch >= m for m in recipe.decreasing_lr)
+
+
+# ----------------------------------------------------------------- optimizers
+@torch.no_grad()
+def sgd_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, bufs: list[Tensor],
+             lr: float, momentum: float, weight_decay: float) -> None:
+    """SGD with momentum and weight decay along d. Where `keep` is False the coordinate,
+    its momentum buffer and its weight decay are all left untouched."""
+    for i, (p, g, buf) in enumerate(zip(params, d, bufs)):
+        g = g + weight_decay * p if weight_decay else g
+        if keep is None:
+            buf.mul_(momentum).add_(g)
+            p.sub_(lr * buf)
+        else:
+            k = keep[i]
+            buf.copy_(torch.where(k, momentum * buf + g, buf))
+            p.sub_(torch.where(k, lr * buf, 0.0))
+
+
+@torch.no_grad()
+def adam_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, state: dict[str, list[Tensor]],
+              lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """Adam (torch.optim.Adam's update, L2 weight decay) along d. Each coordinate counts its own
+    steps, so where `keep` is False its value, both moments and its bias correction stay put;
+    without a mask this is exactly torch.optim.Adam."""
+    b1, b2 = betas
+    for i, (p, g) in enumerate(zip(params, d)):
+        m, v, t = state["m"][i], state["v"][i], state["t"][i]
+        g = g + weight_decay * p if weight_decay else g
+        k = keep[i] if keep is not None else torch.ones_like(p, dtype=torch.bool)
+        t.add_(k.to(t.dtype))
+        m.copy_(torch.where(k, b1 * m + (1 - b1) * g, m))
+        v.copy_(torch.where(k, b2 * v + (1 - b2) * g * g, v))
+        t_safe = t.clamp_min(1)  # a never-stepped coordinate has m = v = 0 and is not moved anyway
+        m_hat = m / (1 - b1 ** t_safe)
+        denom = (v / (1 - b2 ** t_safe)).sqrt().add_(eps)
+        p.sub_(torch.where(k, lr * m_hat / denom, 0.0))
+
+
+class _Stepper:
+    """The optimizer state of one run (SGD momentum buffers or Adam moments)."""
+
+    def __init__(self, params: list[Tensor], recipe: Recipe):
+        self.params, self.recipe = params, recipe
+        if recipe.optimizer == "sgd":
+            self.bufs = [torch.zeros_like(p) for p in params]
+        else:
+            self.adam = {k: [torch.zeros_like(p) for p in params] for k in ("m", "v", "t")}
+
+    def step(self, d: Grads, keep: list[Tensor] | None, lr: float) -> None:
+        r = self.recipe
+        if r.optimizer == "sgd":
+            sgd_step(self.params, d, keep, self.bufs, lr, r.momentum, r.weight_decay)
+        else:
+            adam_step(self.params, d, keep, self.adam, lr, r.weight_decay, (r.momentum, 0.999))
+
+
+# -------------------------------------------------------------------- batches
+def _batches(idx: Tensor, size: int, gen: torch.Generator) -> list[Tensor]:
+    """A shuffled pass over `idx` in batches; a last batch of one sample joins the one before
+    (batch norm cannot train on one sample), and a set of one sample is doubled."""
+    if len(idx) == 1:
+        return [idx.repeat(2)]
+    chunks = list(idx[torch.randperm(len(idx), device=idx.device, generator=gen)].split(size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2] = torch.cat(chunks[-2:])
+        chunks.pop()
+    return chunks
+
+
+class _Cycle:
+    """Endless shuffled batches of one index set, from one generator."""
+
+    def __init__(self, idx: Tensor, size: int, gen: torch.Generator):
+        self.idx, self.size, self.gen, self.queue = idx, size, gen, []
+
+    def __next__(self) -> Tensor:
+        if not self.queue:
+            self.queue = _batches(self.idx, self.size, self.gen)
+        return self.queue.pop(0)
+
+
+class _Stream:
+    """One random stream: a generator, and cycled batches of D_F and D_R drawn from it."""
+
+    def __init__(self, data, forget: Tensor, retain: Tensor, seed: int, device: torch.device):
+        self.data, self.sets = data, {"forget": forget, "retain": retain}
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed)
+        self.cycles: dict[tuple[str, int], _Cycle] = {}
+
+    def cycled(self, name: str, size: int) -> Batch:
+        if not len(self.sets[name]):
+            raise ValueError(f"a batch of the {name} set was needed, but it is empty")
+        key = (name, size)
+        if key not in self.cycles:
+            self.cycles[key] = _Cycle(self.sets[name], size, self.gen)
+        return Batch(*self.data.batch(next(self.cycles[key]), train=True, generator=self.gen))
+
+    def walk(self, p: Pass, size: int) -> list[tuple[Tensor, Tensor | None]]:
+        """The batches of one pass: (indices, is-forget flags for a union pass, else None)."""
+        if p.over != "union":
+            return [(c, None) for c in _batches(self.sets[p.over], size, self.gen)]
+        union = torch.cat([self.sets["forget"], self.sets["retain"]])
+        flags = torch.arange(len(union), device=union.device) < len(self.sets["forget"])
+        order = _batches(torch.arange(len(union), device=union.device), size, self.gen)
+        return [(union[o], flags[o]) for o in order]
+
+    def draw(self, p: Pass, chunk: Tensor, flags: Tensor | None, size: int) -> dict[str, Batch | None]:
+        """The forget and retain batches of one step of pass `p`."""
+        x, y = self.data.batch(chunk, train=True, generator=self.gen)
+        if flags is not None:  # a union batch, split by membership (either part may be empty)
+            return {"forget": Batch(x[flags], y[flags]), "retain": Batch(x[~flags], y[~flags])}
+        out: dict[str, Batch | None] = {"forget": None, "retain": None}
+        for name in p.uses:
+            out[name] = Batch(x, y) if name == p.over else self.cycled(name, size)
+        return out
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Train-mode forwards that leave batch-norm running statistics (and their counters)
+    untouched: normalisation still uses the batch's statistics, as in training."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True
+
+
+class _Gradients:
+    """Gradients on demand, for the step and for an add-on's `prepare` (the prepare stream)."""
+
+    def __init__(self, model: nn.Module, data, forget: Tensor, stream: _Stream, batch_size: int):
+        self.model, self.data, self.forget, self.stream, self.bs = model, data, forget, stream, batch_size
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def of(self, loss: Tensor, retain_graph: bool = False) -> Grads:
+        gs = torch.autograd.grad(loss, self.params, allow_unused=True, retain_graph=retain_graph)
+        return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params)]
+
+    def retain_grads(self, n: int) -> Iterator[Grads]:
+        """g_c of n retain batches of the add-on's stream; the model's state is left as it was."""
+        with frozen_bn_stats(self.model):
+            for _ in range(n):
+                b = self.stream.cycled("retain", self.bs)
+                yield self.of(F.cross_entropy(self.model(b.x), b.y))
+
+    def forget_grad_sum(self) -> Grads:
+        if not len(self.forget):
+            raise ValueError("this add-on needs the forget set, but it is empty")
+        was_training = self.model.training
+        self.model.eval()
+        total = [torch.zeros_like(p) for p in self.params]
+        for idx in self.forget.split(self.bs):
+            x, y = self.data.batch(idx, train=False)
+            for t, g in zip(total, self.of(-F.cross_entropy(self.model(x), y, reduction="sum"))):
+                t.add_(g)
+        self.model.train(was_training)
+        return total
+
+
+def check_sets(method: Method, addon: Addon, n_forget: int, n_retain: int) -> None:
+    """ValueError when a set that the method's passes or the add-on need is empty."""
+    needed = {s for e in range(2) for p in method.passes(e) for s in (p.over, *p.uses)} - {"union"}
+    needed |= {{"unlearn": "forget", "utility": "retain"}[t] for t in addon.needs}
+    for name, n in (("forget", n_forget), ("retain", n_retain)):
+        if name in needed and not n:
+            raise ValueError(f"{method.name}+{addon.name} needs a non-empty {name} set")
+
+
+# ----------------------------------------------------------------------- loop
+def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, addon: Addon | None = None,
+        recipe: Recipe | None = None, *, seed: int | None = None,
+        on_epoch_end: Callable[[int, dict], dict | None] | None = None,
+        progress: bool = True, desc: str = "") -> tuple[nn.Module, list[dict]]:
+    """Run `method` with `addon` on the model (in place) and return it with a per-epoch history.
+
+    `data.batch(idx, train, generator)` turns index tensors into (inputs, labels); `forget`
+    and `retain` are index tensors into the training tensor. `seed` seeds the method's
+    stream of batches (default: drawn from torch's global generator). `on_epoch_end(epoch,
+    record)` may evaluate and return figures to add to that epoch's record; its time is
+    not counted in `record["time_s"]`. Raises Diverged on a non-finite loss.
+    """
+    recipe = recipe or Recipe()
+    addon = addon or NoAddon()
+    check_sets(method, addon, len(forget), len(retain))
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    seed = int(torch.randint(2**62, ())) if seed is None else seed
+    mine = _Stream(data, forget, retain, seed, device)
+    theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
+    grads = _Gradients(model, data, forget, _Stream(data, forget, retain, seed + PREPARE_STREAM, device),
+                       recipe.batch_size)
+    stepper = _Stepper(params, recipe)
+    model.train()
+    bn = frozen_bn_stats(model) if recipe.bn_stats == "freeze" else contextlib.nullcontext()
+    with bn:
+        method.setup(Context(model, data.num_classes, len(forget), len(retain), mine.gen))
+        addon.prepare(grads)
+        history = []
+        for epoch in range(recipe.epochs):
+            sync(device)
+            t0 = time.perf_counter()
+            record = _epoch(model, method, addon, recipe, epoch, mine, theirs, grads, stepper, progress, desc)
+            sync(device)
+            record["time_s"] = time.perf_counter() - t0
+            if on_epoch_end is not None:
+                record.update(on_epoch_end(epoch, record) or {})
+                model.train()
+            history.append(record)
+    model.eval()
+    return model, history
+
+
+def _epoch(model, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine: _Stream, theirs: _Stream,
+           grads: _Gradients, stepper: _Stepper, progress: bool, desc: str) -> dict:
+    """One epoch: every pass the method declares, in order."""
+    passes = [(p, p.batch_size or recipe.batch_size) for p in method.passes(epoch)]
+    walks = [(p, size, mine.walk(p, size)) for p, size in passes]
+    steps = sum(len(w) for _, _, w in walks)
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    kept, masked, lr, step = torch.zeros((), device=stepper.params[0].device), 0, recipe.lr, 0
+    bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}".strip(), file=sys.stderr,
+               disable=True if not progress else None,  # None: no bar when stderr is not a terminal
+               mininterval=1.0, leave=False, dynamic_ncols=True)
+    for p, size, walk in walks:
+        for chunk, flags in walk:
+            b = mine.draw(p, chunk, flags, size)
+            terms = method.losses(model, b["forget"], b["retain"], Progress(epoch, recipe.epochs, step, steps, p.name))
+            own = [terms[k] for k in ("unlearn", "utility") if k in terms]
+            if addon.needs:
+                l_u, l_c = terms.get("unlearn"), terms.get("utility")
+                if l_u is None and "unlearn" in addon.needs:  # for the add-on only
+                    f = b["forget"] if b["forget"] is not None and len(b["forget"].y) else theirs.cycled("forget", size)
+                    l_u = -F.cross_entropy(model(f.x), f.y)
+                if l_c is None and "utility" in addon.needs:
+                    r = b["retain"] if b["retain"] is not None and len(b["retain"].y) else theirs.cycled("retain", size)
+                    l_c = F.cross_entropy(model(r.x), r.y)
+                g_u = grads.of(l_u, retain_graph=l_c is not None) if l_u is not None else None
+                g_c = grads.of(l_c) if l_c is not None else None
+                parts = [g for k, g in (("unlearn", g_u), ("utility", g_c)) if k in terms]
+                g_obj = [sum(gs) for gs in zip(*parts)]
+            else:
+                g_u = g_c = None
+                g_obj = grads.of(sum(own))
+            d, keep = addon.direction(g_u, g_c, g_obj)
+            lr = lr_at(recipe, epoch, step, steps)
+            stepper.step(d, keep, lr)
+
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0) + v.detach()
+                counts[k] = counts.get(k, 0) + 1
+            if keep is not None:
+                masked += 1
+                kept += sum(k.sum() for k in keep) / sum(k.numel() for k in keep)
+            step += 1
+            bar.update()
+            if step % CHECK_EVERY == 0 or step == steps:
+                _check_finite(sums, epoch, step)
+                if progress:
+                    bar.set_postfix({k: f"{v.item() / counts[k]:.3g}" for k, v in sums.items()}, refresh=False)
+    bar.close()
+    record = {"epoch": epoch + 1, "lr": lr, "steps": steps}
+    record.update({k: v.item() / counts[k] for k, v in sums.items()})
+    if masked:  # share of coordinates the add-on let move, averaged over the epoch's steps
+        record["kept_share"] = kept.item() / masked
+    return record
+
+
+def _check_finite(sums: dict[str, Tensor], epoch: int, step: int) -> None:
+    values = {k: v.item() for k, v in sums.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise Diverged(f"non-finite {', '.join(bad)} loss by epoch {epoch + 1}, step {step}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
