@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import EPOCHS, REPO, run_script
 from mlflow import MlflowClient
 
@@ -77,11 +78,16 @@ def test_divergence_marks_run_failed(digits_models, tmp_path):
     ({"--num_indexes_to_replace": "99999"}, "larger than the training set"),
     ({"--quantile": "1.5"}, "--quantile must be in"),
     ({"--unlearn_lr": "0"}, "--unlearn_lr must be positive"),
+    ({"--quantile": "0.55 --warmup_batches 1"}, "--warmup_batches must be at least 2"),
+    ({"--unlearn": "RL --rl_mode both"}, "--rl_mode must be split or union"),
+    ({"--unlearn": "FT --evaluate {tmp}/missing.pth.tar"}, "missing.pth.tar not found"),
 ])
 def test_bad_input(digits_models, tmp_path, change, message):
     cmd = forget_cmd(digits_models, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     for flag, value in change.items():
-        cmd[cmd.index(flag) + 1] = value.replace("{tmp}", str(tmp_path))
+        first, *more = value.replace("{tmp}", str(tmp_path)).split()
+        cmd[cmd.index(flag) + 1] = first
+        cmd += more
     proc = run_script(*cmd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
@@ -89,5 +95,76 @@ def test_bad_input(digits_models, tmp_path, change, message):
 
 def test_help_lists_registered_methods_and_addons():
     out = run_script("mlflow_forget.py", "--help").stdout
-    for name in ("VarGrad", "SCRUB", "BadTeacher", "NegGrad+", "--msteps", "--beta", "--kd_T"):
+    for name in ("VarGrad", "SCRUB", "BadTeacher", "NegGrad+", "--msteps", "--beta", "--kd_T", "--bn_stats",
+                 "--optimizer", "--evaluate", "--rl_mode", "--forget_batch_size"):
         assert name in out
+
+
+def _weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _class_cmd(models: dict, uri: str, *extra: str) -> list[str]:
+    """Forget the whole class 3 (its ideal model is in the fixture), lr 0.01, 3 epochs."""
+    cmd = forget_cmd(models, uri, "--unlearn_lr", "0.01", "--unlearn_epochs", "3", *extra)
+    i = cmd.index("--num_indexes_to_replace")
+    del cmd[i:i + 2]
+    cmd[cmd.index("--class_to_replace") + 1] = "3"
+    return cmd
+
+
+def test_vargrad_beta0_half_and_mask_end_with_bit_identical_weights(digits_models, tmp_path):
+    """The add-on is the only difference between the runs, so the batch streams must match."""
+    paths = []
+    for spec, extra in (("GA+Mask", []), ("GA+VarGrad", ["--beta", "0", "--quantile", "0.5"])):
+        uri = f"sqlite:///{tmp_path}/{spec}/mlflow.db"
+        cmd = _class_cmd(digits_models, uri, "--unlearn", spec)
+        for flag in ("--beta", "--quantile"):  # the seed command's VarGrad flags
+            i = cmd.index(flag)
+            del cmd[i:i + 2]
+        run_script(*cmd, *extra)
+        paths.append(only_run(uri)[1].data.tags["checkpoint"])
+    a, b = _weights(paths[0]), _weights(paths[1])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], _weights(digits_models["original"])[k]) for k in a)  # it did unlearn
+
+
+def test_frozen_weights_and_frozen_bn_stats_leave_the_model_bit_identical(digits_models, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    run_script(*_class_cmd(digits_models, uri, "--quantile", "1", "--bn_stats", "freeze"))
+    _, r = only_run(uri)
+    assert r.data.params["bn_stats"] == "freeze" and r.data.metrics["train/kept_share"] == 0
+    orig, after = _weights(digits_models["original"]), _weights(r.data.tags["checkpoint"])
+    assert all(torch.equal(orig[k], after[k]) for k in orig)
+
+
+def test_evaluate_the_ideal_model_scores_exactly_ideal(digits_models, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    proc = run_script(*_class_cmd(digits_models, uri, "--evaluate", str(digits_models["ideal_class"])))
+    assert "no unlearning" in proc.stdout
+    _, r = only_run(uri)
+    m, t = r.data.metrics, r.data.tags
+    assert r.info.run_name == "evaluate:ideal" and m["RTE"] == 0
+    assert m["rUA"] == 1 and m["KL_forget"] == pytest.approx(0, abs=1e-9) and m["avg_gap"] == 0
+    assert m["FID_forget"] == pytest.approx(0, abs=1e-6) and m["FID_test"] == pytest.approx(0, abs=1e-6)
+    assert m["MIA"] == m["ideal/MIA"] and m["loss_MIA_auc"] == m["ideal/loss_MIA_auc"]
+    assert t["polarity.loss_MIA_auc"] == "closer to ideal" and t["polarity.UA"] == "closer to ideal"
+    assert "closer to ideal" in next(line for line in proc.stdout.splitlines() if line.startswith("loss_MIA_auc"))
+
+
+def test_random_forgetting_keeps_the_loss_attack_target_of_half(digits_models, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    run_script(*forget_cmd(digits_models, uri, "--unlearn", "FT", "--unlearn_epochs", "1"))
+    assert only_run(uri)[1].data.tags["polarity.loss_MIA_auc"] == "closer to 0.5"
+
+
+def test_badteacher_runs_its_published_recipe_by_default(digits_models, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd = forget_cmd(digits_models, uri, "--unlearn", "BadTeacher")
+    for flag in ("--unlearn_lr", "--unlearn_epochs", "--beta", "--quantile"):
+        i = cmd.index(flag)
+        del cmd[i:i + 2]
+    run_script(*cmd)
+    p = only_run(uri)[1].data.params
+    assert (p["recipe_optimizer"], p["recipe_lr"], p["recipe_epochs"], p["recipe_weight_decay"]) == \
+        ("adam", "0.0001", "1", "0.0")
