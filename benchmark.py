@@ -77,6 +77,7 @@ def collect_runs(uri: str, hashes: set[str]) -> list[dict]:
         row["kept_history"] = [m.value for m in sorted(c.get_metric_history(row["run_id"], "train/kept_share"),
                                                        key=lambda m: m.step)]
         row["ideal_checkpoint"] = run.data.tags.get("ideal_checkpoint")
+        row["bn_stats"] = row.get("param.bn_stats", "update")  # runs made before the flag existed updated them
         rows.append(row)
     return rows
 
@@ -108,6 +109,7 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, dict]]:
             runs = methods[name]
             table[name] = {k: mean_std([r.get(k, float("nan")) for r in runs]) for k in TABLE + EXTRA}
             table[name]["n"] = len(runs)
+            table[name]["bn_stats"] = ",".join(sorted({r.get("bn_stats", "update") for r in runs}))
             hist = [r["kept_history"] for r in runs if r["kept_history"]]
             if hist:
                 width = min(len(h) for h in hist)
@@ -133,9 +135,11 @@ def markdown(scen: str, table: dict[str, dict]) -> str:
         cells += [fmt(row.get(k, (float("nan"), 0)), digits=3 if k == "rUA" else 2) for k in EXTRA]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['n']} |")
     lines.append("")
+    bn = sorted({row["bn_stats"] for row in table.values() if "bn_stats" in row})
     lines.append("UA, RA, TA, MIA in %: mean ± std over seeds (|gap| to the ideal model). rUA: 1 = the ideal "
                  "model's UA. FID: to the ideal model's logits on the forget set. RTE: unlearning wall time "
-                 "(ideal: retraining time).")
+                 f"(ideal: retraining time). Batch-norm running statistics during unlearning (`--bn_stats`): "
+                 f"{', '.join(bn) or 'update'}.")
     return "\n".join(lines) + "\n"
 
 
@@ -149,10 +153,11 @@ def write_outputs(results: dict[str, dict[str, dict]], out: Path) -> list[Path]:
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.writer(f)
         keys = TABLE + EXTRA
-        w.writerow(["scenario", "method", "seeds"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
+        w.writerow(["scenario", "method", "seeds", "bn_stats"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
         for scen, table in results.items():
             for name, row in table.items():
-                w.writerow([scen, name, row["n"]] + [x for k in keys for x in row.get(k, (float("nan"),) * 2)])
+                w.writerow([scen, name, row["n"], row.get("bn_stats", "")]
+                           + [x for k in keys for x in row.get(k, (float("nan"),) * 2)])
     written.append(out / "summary.csv")
     md = "\n".join(markdown(s, t) for s, t in results.items())
     (out / "tables.md").write_text(md)

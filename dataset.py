@@ -35,14 +35,15 @@ class DatasetSpec:
     num_classes: int
     augment: str  # "crop_flip", "crop" (digits must not be mirrored) or "none"
     files: str  # what a user must place under --data when there is no network
+    arch: str = "resnet18"  # the default --arch: one that trains in minutes on a CPU for the small sets
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, num_classes: int, augment: str, files: str):
+def register_dataset(name: str, num_classes: int, augment: str, files: str, arch: str = "resnet18"):
     def wrap(fn):
-        DATASETS[name] = DatasetSpec(name, fn, num_classes, augment, files)
+        DATASETS[name] = DatasetSpec(name, fn, num_classes, augment, files, arch)
         return fn
     return wrap
 
@@ -50,7 +51,7 @@ def register_dataset(name: str, num_classes: int, augment: str, files: str):
 # -------------------------------------------------------------------- loaders
 # Each returns uint8 arrays x (N, C, H, W) and int64 labels y, train then test.
 
-@register_dataset("digits", 10, "none", "nothing: it ships with scikit-learn")
+@register_dataset("digits", 10, "none", "nothing: it ships with scikit-learn", arch="smallcnn")
 def _digits(root: Path):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -98,10 +99,75 @@ for _name, _cls, _classes, _aug, _files in (
     ("cifar10", "CIFAR10", 10, "crop_flip", "cifar-10-python.tar.gz (or the extracted cifar-10-batches-py/)"),
     ("cifar100", "CIFAR100", 100, "crop_flip", "cifar-100-python.tar.gz (or the extracted cifar-100-python/)"),
     ("svhn", "SVHN", 10, "crop", "train_32x32.mat and test_32x32.mat"),
-    ("mnist", "MNIST", 10, "none", "MNIST/raw/ with the four *-ubyte(.gz) files"),
-    ("fashionmnist", "FashionMNIST", 10, "none", "FashionMNIST/raw/ with the four *-ubyte(.gz) files"),
 ):
     register_dataset(_name, _classes, _aug, _files)(lambda root, _cls=_cls: _torchvision(_cls, root))
+
+
+# ---------------------------------------------------------- MNIST-style idx files
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+SYSTEM_FOLDERS = {"fashionmnist": Path("/usr/share/datasets/fashion-mnist")}  # Debian's dataset-fashion-mnist
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (LeCun's MNIST format), gzipped or not, whatever its checksum; a wrong or
+    truncated file is a UserError that names it."""
+    import gzip
+
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"{path} could not be read ({e}); replace it with the original file") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise UserError(f"{path} is not an idx file of unsigned bytes (bad magic number); "
+                        "replace it with the original file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    start, need = 4 + 4 * ndim, int(np.prod(shape))
+    if len(raw) != start + need:
+        raise UserError(f"{path} holds {len(raw) - start} bytes of data where its header announces {need} "
+                        f"(shape {shape}): the file is truncated or damaged; replace it with the original file")
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(shape)
+
+
+def _idx_folder(name: str, cls_name: str, root: Path) -> Path | None:
+    """The first folder that holds the four idx files (each plain or .gz)."""
+    for folder in (root / cls_name / "raw", root, SYSTEM_FOLDERS.get(name)):
+        if folder is not None and all(_idx_path(folder, f) for f in IDX_FILES):
+            return folder
+    return None
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _mnist_like(name: str, cls_name: str, root: Path):
+    """MNIST or Fashion-MNIST from the four idx files: under `root/<Class>/raw/` (torchvision's
+    layout), directly in `root`, or (Fashion-MNIST) in Debian's /usr/share/datasets/fashion-mnist;
+    a network download through torchvision only when none holds them."""
+    folder = _idx_folder(name, cls_name, root)
+    if folder is None:
+        _torchvision(cls_name, root)  # downloads where a network exists, else MissingData
+        folder = _idx_folder(name, cls_name, root)
+        if folder is None:
+            raise MissingData(f"the download left no idx files in {root / cls_name / 'raw'}")
+    xtr, ytr, xte, yte = (read_idx(_idx_path(folder, f)) for f in IDX_FILES)
+    for x, y, which in ((xtr, ytr, "train"), (xte, yte, "t10k")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise UserError(f"{folder}: {which} images {x.shape} and labels {y.shape} do not match; "
+                            "replace them with the original files")
+    return xtr[:, None].copy(), ytr.astype(np.int64), xte[:, None].copy(), yte.astype(np.int64)
+
+
+for _name, _cls in (("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")):
+    register_dataset(_name, 10, "none",
+                     f"the four idx files ({', '.join(IDX_FILES)}, each plain or .gz) in {_cls}/raw/ "
+                     f"or directly in that folder" + ("; or install Debian's dataset-fashion-mnist"
+                                                      if _name == "fashionmnist" else ""), arch="convnet")(
+        lambda root, _name=_name, _cls=_cls: _mnist_like(_name, _cls, root))
 
 
 @register_dataset("tinyimagenet", 200, "crop_flip",

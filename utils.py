@@ -203,7 +203,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("model")
     g.add_argument("--arch", default=None, choices=list_models(), metavar="ARCH",
-                   help=f"one of {', '.join(list_models())} (default: resnet18, smallcnn on digits)")
+                   help=f"one of {', '.join(list_models())} (default: smallcnn on digits, convnet on mnist and "
+                        "fashionmnist, else resnet18)")
     g.add_argument("--num_classes", type=int, default=None, help="override the data set's class count")
     g.add_argument("--imagenet_arch", action="store_true", help="ImageNet-style stem (64x64 Tiny-ImageNet)")
 
@@ -227,7 +228,10 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def default_arch(dataset: str) -> str:
-    return "smallcnn" if dataset == "digits" else "resnet18"
+    """The data set's default architecture (smallcnn on digits, convnet on (Fashion-)MNIST, else resnet18)."""
+    from dataset import DATASETS
+
+    return DATASETS[dataset].arch
 
 
 def resolve_arch(args: argparse.Namespace) -> str:

@@ -27,6 +27,7 @@ def test_digits_test_preset_writes_csv_tables_and_plots(tmp_path):
     assert [r["method"] for r in rows][:2] == ["Ideal (retrain)", "Original"]
     assert {r["method"] for r in rows} >= {"GA", "GA+VarGrad"}
     ideal = rows[0]
+    assert rows[2]["bn_stats"] == "update"
     assert float(ideal["UA_mean"]) > 90  # class forgetting: the ideal model never saw the class
     table = (out / "table_class_3.md").read_text()
     assert table.index("Ideal (retrain)") < table.index("| GA |") and "Avg. Gap" in table
@@ -47,6 +48,9 @@ def test_aggregate_mean_std_and_gap():
     assert list(table)[:2] == ["Ideal (retrain)", "Original"]
     assert table["GA"]["UA"][0] == 70.0 and table["GA"]["UA"][1] == pytest.approx(14.142, abs=1e-3)
     assert "70.00 ± 14.14 (30.00)" in markdown("class 3", table)
+    assert table["GA"]["bn_stats"] == "update" and "(`--bn_stats`): update." in markdown("class 3", table)
+    frozen = aggregate([row(1, 60.0) | {"bn_stats": "freeze"}])["class 3"]
+    assert "(`--bn_stats`): freeze." in markdown("class 3", frozen)
 
 
 def test_benchmark_on_slurm_then_report_only(tmp_path):
