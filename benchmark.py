@@ -34,6 +34,15 @@ PRESETS: dict[str, Grid] = {
     "digits-quick": Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1, 2, 3], epochs={"digits": 30},
                          forget=[(-1, 100), (3, None)], unlearn=DIGITS_METHODS, unlearn_lr=[0.01],
                          unlearn_epochs=[5]),
+    # real data on a CPU: Fashion-MNIST (Debian's dataset-fashion-mnist, or the idx files under --data),
+    # convnet, 8 training epochs; 10% random forgetting and the whole class 0; one lr and epoch count for all
+    "fashionmnist": Grid(datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3], epochs={"fashionmnist": 8},
+                         forget=[(-1, 5400), (0, None)], unlearn=DIGITS_METHODS + ["SCRUB"], unlearn_lr=[0.01],
+                         unlearn_epochs=[3], extra_base=["--decreasing_lr", "4,6"]),
+    # the same protocol on a 5% subsample, 2 training epochs: what the tests run
+    "fashionmnist-test": Grid(datasets=["fashionmnist"], archs=["convnet"], seeds=[1], epochs={"fashionmnist": 2},
+                              forget=[(-1, 240)], unlearn=["GA", "GA+VarGrad"], unlearn_lr=[0.01],
+                              unlearn_epochs=[1], extra_base=["--subsample", "0.05"], extra=["--subsample", "0.05"]),
     # the size the tests run
     "digits-test": Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1], epochs={"digits": 5},
                         forget=[(3, None)], unlearn=["GA", "GA+VarGrad"], unlearn_lr=[0.01], unlearn_epochs=[2]),

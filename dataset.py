@@ -269,9 +269,19 @@ def validation_split(y: np.ndarray, seed: int, share: float = VAL_SHARE) -> tupl
     return np.setdiff1d(np.arange(len(y)), val), val
 
 
+def stratified_subset(y: np.ndarray, share: float) -> np.ndarray:
+    """Sorted indices of round(share * n_c) samples of every class c, drawn with a fixed seed
+    (the same subset for every --seed, like digits' fixed test split)."""
+    rng = np.random.default_rng([0, 4])
+    keep = [rng.choice(np.flatnonzero(y == c), max(1, round(share * (y == c).sum())), replace=False)
+            for c in np.unique(y)]
+    return np.sort(np.concatenate(keep))
+
+
 def load_data(name: str, root: str | Path, seed: int, num_classes: int | None = None,
-              no_aug: bool = False) -> TensorData:
-    """Load data set `name` from `root` into CPU tensors and hold out the validation set."""
+              no_aug: bool = False, subsample: float = 1.0) -> TensorData:
+    """Load data set `name` from `root` into CPU tensors and hold out the validation set;
+    `subsample` < 1 keeps that stratified share of the training and the test set."""
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; choices: {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
@@ -281,6 +291,11 @@ def load_data(name: str, root: str | Path, seed: int, num_classes: int | None = 
     except MissingData as e:
         raise UserError(f"data set {name} is not in {root.resolve()} and could not be downloaded ({e}); "
                         f"place {spec.files} in that folder") from None
+    if not 0 < subsample <= 1:
+        raise UserError(f"--subsample {subsample}: give a share in (0, 1]")
+    if subsample < 1:
+        tr, te = stratified_subset(ytr, subsample), stratified_subset(yte, subsample)
+        xtr, ytr, xte, yte = xtr[tr], ytr[tr], xte[te], yte[te]
     n_cls = num_classes or spec.num_classes
     if ytr.max() >= n_cls:
         raise UserError(f"--num_classes {n_cls} is too small: {name} has labels up to {ytr.max()}")

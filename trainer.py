@@ -46,7 +46,7 @@ def setup(args: argparse.Namespace):
     save_dir = utils.check_writable(args.save_dir)
     device = utils.pick_device(args.gpu)
     utils.set_seed(args.seed)
-    data = load_data(args.dataset, args.data, args.seed, args.num_classes, args.no_aug)
+    data = load_data(args.dataset, args.data, args.seed, args.num_classes, args.no_aug, args.subsample)
     split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
     model = create_model(args.arch, data.num_classes, data.in_channels, args.imagenet_arch)
     return save_dir, device, data.to(device), split.to(device), model.to(device)

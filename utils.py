@@ -194,6 +194,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-aug", "--no_aug", dest="no_aug", action="store_true",
                    help="turn off training augmentation (random crop + flip on 32x32 data)")
     g.add_argument("--seed", type=int, default=2, help="seed of the split, forget set and training (default 2)")
+    g.add_argument("--subsample", type=float, default=1.0, metavar="SHARE",
+                   help="keep this stratified share of the training and test sets, the same for every seed, "
+                        "for quick trials (default 1: all)")
 
     g = parser.add_argument_group("forget set")
     g.add_argument("--class_to_replace", type=int, default=0,

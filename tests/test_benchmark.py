@@ -67,3 +67,18 @@ def test_benchmark_on_slurm_then_report_only(tmp_path):
     wait_for_jobs(jobs)
     report = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--report_only")
     assert "2 runs summarised" in report.stdout and (out / "summary.csv").is_file()
+
+
+def test_fashionmnist_test_preset_runs_on_the_real_files(tmp_path):
+    from test_fashion_mnist import FASHION
+
+    if not FASHION.is_dir():
+        pytest.skip(f"Fashion-MNIST is not installed in {FASHION}: `apt-get install dataset-fashion-mnist` "
+                    "(.ci/run does)")
+    out = tmp_path / "fm"
+    proc = run_script("benchmark.py", "--preset", "fashionmnist-test", "--out", str(out), "--jobs", "2", "--quiet")
+    assert "2 runs summarised" in proc.stdout
+    rows = {r["method"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert set(rows) == {"Ideal (retrain)", "Original", "GA", "GA+VarGrad"}
+    assert float(rows["Original"]["TA_mean"]) > 70  # a real classifier, even on the 5% subsample
+    assert (out / "tradeoff_random_N240.png").is_file()

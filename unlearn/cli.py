@@ -145,6 +145,10 @@ def main(args: argparse.Namespace) -> dict:
     if ckpt.get("seed") not in (None, args.seed):
         print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
               file=sys.stderr)
+    trained_on = (ckpt.get("args") or {}).get("subsample", 1.0)
+    if trained_on != args.subsample:
+        raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
+                        f"{args.subsample}: pass the same share")
     spec = spec_name(method_name, addon_name)
     given = {k: getattr(args, k) for k in set(_all_fields(METHODS)) | set(_all_fields(ADDONS))
              if getattr(args, k) is not None}
@@ -162,7 +166,7 @@ def main(args: argparse.Namespace) -> dict:
     save_dir = utils.check_writable(args.save_dir)
     device = utils.pick_device(args.gpu)
     utils.set_seed(args.seed)
-    data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug).to(device)
+    data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug, args.subsample).to(device)
     split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace).to(device)
     try:
         check_sets(method, addon, len(split.forget), len(split.retain))
