@@ -22,13 +22,14 @@ from evaluation.accuracy import Outputs, accuracies, model_outputs, utility_view
 from evaluation.closeness import avg_gap, logit_fid, mean_kl, relative_ua
 from evaluation.mia import loss_attack, per_sample_loss, svc_mia
 
-EVAL_VERSION = 1  # bump when a metric's definition changes: cached figures are then recomputed
+EVAL_VERSION = 2  # bump when a metric's definition changes: cached figures are then recomputed
 
 POLARITY = {
     "UA": "closer to ideal", "FA": "closer to ideal", "RA": "higher", "TA": "higher", "VA": "higher",
     "TA_forgotten_class": "closer to ideal", "MIA": "closer to ideal",
     **{f"MIA_{k}": "closer to ideal" for k in ("correctness", "confidence", "entropy", "m_entropy", "prob")},
     "loss_MIA_acc": "closer to 50", "loss_MIA_auc": "closer to 0.5",
+    "MIA_svc_samples": "none (a sample count)",
     "rUA": "closer to 1", "UA_gap": "lower", "FID_forget": "lower", "FID_test": "lower",
     "KL_forget": "lower", "KL_test": "lower", "avg_gap": "lower", "RTE": "lower", "eval_time": "lower",
 }
@@ -43,17 +44,23 @@ def polarity(class_forgetting: bool) -> dict[str, str]:
     return POLARITY | {"loss_MIA_acc": "closer to ideal", "loss_MIA_auc": "closer to ideal"}
 
 
-def model_metrics(out: Outputs, seed: int = 0) -> dict[str, float]:
+def model_metrics(out: Outputs, seed: int = 0, svc_max: int | None = None) -> dict[str, float]:
     """Accuracies and membership-inference figures of one model (no reference needed).
 
     The SVC's members are retain samples, as many as there are test samples
-    (Unlearn-Sparse); for class forgetting its non-members exclude the forgotten class."""
+    (Unlearn-Sparse); for class forgetting its non-members exclude the forgotten class.
+    `svc_max` caps both sides at that many samples (a seeded subsample; the SVC's cost
+    grows with the square of its training set); None trains on all, as published."""
     m = accuracies(out)
     test_l, test_y = utility_view(out.test, out.y_test, out.forgotten_class)
     rng = np.random.default_rng(seed)
+    if svc_max is not None and len(test_y) > svc_max:
+        pick = torch.from_numpy(np.sort(rng.choice(len(test_y), svc_max, replace=False)))
+        test_l, test_y = test_l[pick], test_y[pick]
     members = torch.from_numpy(np.sort(rng.choice(len(out.retain), min(len(out.retain), len(test_y)),
                                                   replace=False)))
     m.update(svc_mia(out.retain[members], out.y_retain[members], test_l, test_y, out.forget, out.y_forget))
+    m["MIA_svc_samples"] = float(len(members) + len(test_y))
     m.update(loss_attack(per_sample_loss(out.forget, out.y_forget), per_sample_loss(out.test, out.y_test), seed))
     return m
 
@@ -75,19 +82,20 @@ def against_references(out: Outputs, mine: dict, original: dict | None, ideal: d
     return res
 
 
-def _fingerprint(path: Path, split_info: dict, forgotten: int | None) -> str:
+def _fingerprint(path: Path, split_info: dict, forgotten: int | None, svc_max: int | None) -> str:
     st = path.stat()
     key = f"{EVAL_VERSION}|{st.st_size}|{st.st_mtime_ns}|{split_info['forget_sha1']}|{split_info['num_test']}|" \
-          f"{split_info['num_val']}|{forgotten}"
+          f"{split_info['num_val']}|{forgotten}" + (f"|svc{svc_max}" if svc_max is not None else "")
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def reference(path: Path, build_model, data, split, forgotten: int | None, seed: int = 0
-              ) -> tuple[dict[str, float], Outputs]:
+def reference(path: Path, build_model, data, split, forgotten: int | None, seed: int = 0,
+              svc_max: int | None = None) -> tuple[dict[str, float], Outputs]:
     """Metrics and outputs of a reference checkpoint (original or ideal) on this split,
     computed once and cached beside the checkpoint (keyed by checkpoint, forget set and
     metric version), so a sweep of many runs evaluates each reference once."""
-    cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.eval_{_fingerprint(path, split.info, forgotten)}.pt")
+    key = _fingerprint(path, split.info, forgotten, svc_max)
+    cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.eval_{key}.pt")
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=False)
@@ -95,7 +103,7 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
         except Exception:  # a damaged cache is recomputed
             pass
     out = model_outputs(build_model(), data, split.forget, split.retain, forgotten)
-    metrics = model_metrics(out, seed)
+    metrics = model_metrics(out, seed, svc_max)
     tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         torch.save({"metrics": metrics, "outputs": vars(out)}, tmp)

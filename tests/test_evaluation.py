@@ -133,3 +133,12 @@ def test_ideal_compared_with_itself_is_perfect():
     assert res["rUA"] == 1 and res["UA_gap"] == 0 and res["avg_gap"] == 0
     assert res["FID_forget"] == pytest.approx(0, abs=1e-8) and res["KL_test"] == pytest.approx(0, abs=1e-12)
     assert against_references(ideal, m_i, m_o, None, None) == {}
+
+
+def test_svc_cap_subsamples_both_sides_with_a_seed():
+    out = _outputs(3, n=300)
+    full, capped = model_metrics(out, seed=1), model_metrics(out, seed=1, svc_max=100)
+    assert full["MIA_svc_samples"] == 600 and capped["MIA_svc_samples"] == 200
+    assert capped == model_metrics(out, seed=1, svc_max=100)  # seeded: the same subsample again
+    assert model_metrics(out, seed=1, svc_max=1000) == full  # a cap above the sizes changes nothing
+    assert {k: v for k, v in capped.items() if "MIA" not in k} == {k: v for k, v in full.items() if "MIA" not in k}

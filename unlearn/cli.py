@@ -57,6 +57,11 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     _registry_flags(parser.add_argument_group("method hyper-parameters (default: each method's own)"), METHODS, set())
     _registry_flags(parser.add_argument_group("add-on hyper-parameters (default: each add-on's own)"), ADDONS,
                     set(_all_fields(METHODS)))
+    g = parser.add_argument_group("evaluation")
+    g.add_argument("--mia_svc_max", type=int, default=None, metavar="N",
+                   help="train the SVC attack on at most N members and N non-members, a seeded subsample "
+                        "(default: all test samples and as many retain samples, as published; its cost grows "
+                        "with N^2, so Fashion-MNIST-sized runs use 5000)")
     g = parser.add_argument_group("tracking")
     g.add_argument("--tracking_uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
@@ -156,6 +161,8 @@ def main(args: argparse.Namespace) -> dict:
     ignored = sorted(set(given) - own)
     if ignored:
         print(f"warning: {', '.join('--' + k for k in ignored)} not used by {spec}; ignored", file=sys.stderr)
+    if args.mia_svc_max is not None and args.mia_svc_max < 10:
+        raise UserError(f"--mia_svc_max {args.mia_svc_max}: give at least 10 samples")
     if args.unlearn_lr is not None and args.unlearn_lr <= 0:
         raise UserError(f"--unlearn_lr must be positive, got {args.unlearn_lr}")
     try:
@@ -222,9 +229,10 @@ def main(args: argparse.Namespace) -> dict:
         rte = _unlearn(args, model, data, split, method, addon, recipe, tracker) if evaluated is None else 0.0
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
-        metrics = model_metrics(out_u, args.seed)
-        ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed)
-        ref_i, out_i = (reference(ideal_path, from_checkpoint(ideal_ckpt), data, split, forgotten, args.seed)
+        svc = args.mia_svc_max
+        metrics = model_metrics(out_u, args.seed, svc)
+        ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed, svc)
+        ref_i, out_i = (reference(ideal_path, from_checkpoint(ideal_ckpt), data, split, forgotten, args.seed, svc)
                         if ideal_path else (None, None))
         metrics.update(against_references(out_u, metrics, ref_o, ref_i, out_i))
         metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
