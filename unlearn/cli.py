@@ -61,7 +61,7 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     g.add_argument("--mia_svc_max", type=int, default=None, metavar="N",
                    help="train the SVC attack on at most N members and N non-members, a seeded subsample "
                         "(default: all test samples and as many retain samples, as published; its cost grows "
-                        "with N^2, so Fashion-MNIST-sized runs use 5000)")
+                        "with N^2; the fashionmnist preset uses 2000)")
     g = parser.add_argument_group("tracking")
     g.add_argument("--tracking_uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
