@@ -52,12 +52,12 @@ def main() -> None:
     print(f"| original | {acc['UA']:.2f} | {acc['FA']:.2f} | {acc['RA']:.2f} | {acc['TA']:.2f} | | |")
     for spec in args.unlearn:
         set_seed(seed)
-        model = copy.deepcopy(original)
+        model = copy.deepcopy(original)  # the same seed: every spec sees the same batch stream
         t0 = time.perf_counter()
         try:
             _, hist = run(model, data, split.forget, split.retain, *make(spec),
                           Recipe(lr=args.unlearn_lr, epochs=args.unlearn_epochs, batch_size=args.batch_size),
-                          progress=False)
+                          seed=seed, progress=False)
         except Diverged as e:
             print(f"| {spec} | diverged: {e} | | | | | |")
             continue
