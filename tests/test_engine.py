@@ -288,7 +288,7 @@ def test_vargrad_warmup_leaves_model_state_untouched(digits, trained):
     model = copy.deepcopy(trained).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stream = _Stream(data, split.forget, split.retain, 0, torch.device("cpu"))
-    VarGrad(warmup_batches=3).prepare(_Gradients(model, data, split.forget, stream, 16))
+    VarGrad(warmup_batches=3).prepare(_Gradients(model, stream, 16))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

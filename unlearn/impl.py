@@ -222,8 +222,8 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
 class _Gradients:
     """Gradients on demand, for the step and for an add-on's `prepare` (the prepare stream)."""
 
-    def __init__(self, model: nn.Module, data, forget: Tensor, stream: _Stream, batch_size: int):
-        self.model, self.data, self.forget, self.stream, self.bs = model, data, forget, stream, batch_size
+    def __init__(self, model: nn.Module, stream: _Stream, batch_size: int):
+        self.model, self.stream, self.bs = model, stream, batch_size
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def of(self, loss: Tensor, retain_graph: bool = False) -> Grads:
@@ -238,13 +238,14 @@ class _Gradients:
                 yield self.of(F.cross_entropy(self.model(b.x), b.y))
 
     def forget_grad_sum(self) -> Grads:
-        if not len(self.forget):
+        forget = self.stream.sets["forget"]
+        if not len(forget):
             raise ValueError("this add-on needs the forget set, but it is empty")
         was_training = self.model.training
         self.model.eval()
         total = [torch.zeros_like(p) for p in self.params]
-        for idx in self.forget.split(self.bs):
-            x, y = self.data.batch(idx, train=False)
+        for idx in forget.split(self.bs):
+            x, y = self.stream.data.batch(idx, train=False)
             for t, g in zip(total, self.of(-F.cross_entropy(self.model(x), y, reduction="sum"))):
                 t.add_(g)
         self.model.train(was_training)
@@ -281,8 +282,7 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     seed = int(torch.randint(2**62, ())) if seed is None else seed
     mine = _Stream(data, forget, retain, seed, device)
     theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
-    grads = _Gradients(model, data, forget, _Stream(data, forget, retain, seed + PREPARE_STREAM, device),
-                       recipe.batch_size)
+    grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), recipe.batch_size)
     stepper = _Stepper(params, recipe)
     model.train()
     bn = frozen_bn_stats(model) if recipe.bn_stats == "freeze" else contextlib.nullcontext()
