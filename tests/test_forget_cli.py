@@ -104,11 +104,19 @@ def _weights(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
 
 
+def _without(cmd: list[str], *flags: str) -> list[str]:
+    """The command without each flag's first occurrence and its value."""
+    cmd = list(cmd)
+    for flag in flags:
+        i = cmd.index(flag)
+        del cmd[i:i + 2]
+    return cmd
+
+
 def _class_cmd(models: dict, uri: str, *extra: str) -> list[str]:
     """Forget the whole class 3 (its ideal model is in the fixture), lr 0.01, 3 epochs."""
-    cmd = forget_cmd(models, uri, "--unlearn_lr", "0.01", "--unlearn_epochs", "3", *extra)
-    i = cmd.index("--num_indexes_to_replace")
-    del cmd[i:i + 2]
+    cmd = _without(forget_cmd(models, uri, "--unlearn_lr", "0.01", "--unlearn_epochs", "3", *extra),
+                   "--num_indexes_to_replace")
     cmd[cmd.index("--class_to_replace") + 1] = "3"
     return cmd
 
@@ -118,10 +126,7 @@ def test_vargrad_beta0_half_and_mask_end_with_bit_identical_weights(digits_model
     paths = []
     for spec, extra in (("GA+Mask", []), ("GA+VarGrad", ["--beta", "0", "--quantile", "0.5"])):
         uri = f"sqlite:///{tmp_path}/{spec}/mlflow.db"
-        cmd = _class_cmd(digits_models, uri, "--unlearn", spec)
-        for flag in ("--beta", "--quantile"):  # the seed command's VarGrad flags
-            i = cmd.index(flag)
-            del cmd[i:i + 2]
+        cmd = _without(_class_cmd(digits_models, uri, "--unlearn", spec), "--beta", "--quantile")  # seed's flags
         run_script(*cmd, *extra)
         paths.append(only_run(uri)[1].data.tags["checkpoint"])
     a, b = _weights(paths[0]), _weights(paths[1])
@@ -160,11 +165,8 @@ def test_random_forgetting_keeps_the_loss_attack_target_of_half(digits_models, t
 
 def test_badteacher_runs_its_published_recipe_by_default(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    cmd = forget_cmd(digits_models, uri, "--unlearn", "BadTeacher")
-    for flag in ("--unlearn_lr", "--unlearn_epochs", "--beta", "--quantile"):
-        i = cmd.index(flag)
-        del cmd[i:i + 2]
-    run_script(*cmd)
+    run_script(*_without(forget_cmd(digits_models, uri, "--unlearn", "BadTeacher"),
+                         "--unlearn_lr", "--unlearn_epochs", "--beta", "--quantile"))
     p = only_run(uri)[1].data.params
     assert (p["recipe_optimizer"], p["recipe_lr"], p["recipe_epochs"], p["recipe_weight_decay"]) == \
         ("adam", "0.0001", "1", "0.0")
