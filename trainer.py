@@ -62,41 +62,58 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
         path = utils.original_checkpoint_path(save_dir, args.seed, args.arch, args.epochs)
         train_idx, kind = data.train_idx, "original"
     forgotten = args.class_to_replace if split.is_class_forgetting else None
-    # The ideal model of class forgetting never saw the class: select it on the other classes.
-    val_idx = data.val_idx if not (ideal and forgotten is not None) else \
-        data.val_idx[data.y_train[data.val_idx] != forgotten]
+    val_idx = selection_idx(data, forgotten if ideal else None)
     print(f"{kind} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "
           f"{len(data.val_idx)} validation, {len(data.y_test)} test), device {device}, "
           f"forget set: {split.info['mode']} C={args.class_to_replace} N={n}")
+    history, best_epoch, wall = fit(model, data, train_idx, val_idx, recipe_of(args), args.seed, args.quiet, kind)
 
+    out = model_outputs(model, data, split.forget, split.retain, forgotten)
+    acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
+    acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
+    save(path, model, args, kind, split, acc, best_epoch, history, wall)
+    extra = f"  forget acc {acc['FA']:.2f}" if ideal else ""
+    print(f"done: {kind} model, best epoch {best_epoch}: train acc {acc['train']:.2f}  val acc {acc['VA']:.2f}  "
+          f"test acc {acc['TA']:.2f}{extra}  wall time {wall:.1f}s -> {path}")
+    return path
+
+
+def recipe_of(args) -> Recipe:
+    """The training recipe of main_baseline.py / main_ideal.py (args: theirs, or a checkpoint's saved args)."""
+    a = args if isinstance(args, dict) else vars(args)
+    return Recipe(lr=a["lr"], epochs=a["epochs"], batch_size=a["batch_size"], momentum=a["momentum"],
+                  weight_decay=a["weight_decay"], decreasing_lr=list(a["decreasing_lr"]), warmup=a["warmup"])
+
+
+def selection_idx(data, forgotten: int | None):
+    """The validation samples that select the best epoch: the ideal model of class forgetting never
+    saw the class, so it is selected on the other classes."""
+    if forgotten is None:
+        return data.val_idx
+    return data.val_idx[data.y_train[data.val_idx] != forgotten]
+
+
+def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool, kind: str):
+    """Train from the model's current weights on `train_idx` (FT through the loop) and reload the
+    epoch of best accuracy on `val_idx`; returns (history, best epoch, wall time in seconds)."""
     best = {"val": -1.0, "epoch": 0, "state": None}
 
     def on_epoch_end(epoch: int, record: dict) -> dict:
         val = accuracy(logits_of(model, data, data.x_train[val_idx]), data.y_train[val_idx])
         if val > best["val"]:
             best.update(val=val, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {record['utility']:.4f}  "
+        print(f"epoch {epoch + 1}/{recipe.epochs}  loss {record['utility']:.4f}  "
               f"train acc {record['retain_acc']:.2f}  val acc {val:.2f}  lr {record['lr']:.4g}  "
               f"{record['time_s']:.1f}s", flush=True)
         return {"val_acc": val}
 
-    recipe = Recipe(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, momentum=args.momentum,
-                    weight_decay=args.weight_decay, decreasing_lr=args.decreasing_lr, warmup=args.warmup)
-    empty = torch.empty(0, dtype=torch.long, device=device)
+    empty = torch.empty(0, dtype=torch.long, device=train_idx.device)
     t0 = time.perf_counter()
-    _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, seed=args.seed, on_epoch_end=on_epoch_end,
-                     progress=not args.quiet, desc=kind)
+    _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, seed=seed, on_epoch_end=on_epoch_end,
+                     progress=not quiet, desc=kind)
     wall = time.perf_counter() - t0
     model.load_state_dict(best["state"])
-
-    out = model_outputs(model, data, split.forget, split.retain, forgotten)
-    acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
-    acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
-    save(path, model, args, kind, split, acc, best["epoch"], history, wall)
-    extra = f"  forget acc {acc['FA']:.2f}" if ideal else ""
-    print(f"done: {kind} model, best epoch {best['epoch']}: train acc {acc['train']:.2f}  val acc {acc['VA']:.2f}  "
-          f"test acc {acc['TA']:.2f}{extra}  wall time {wall:.1f}s -> {path}")
-    return path
+    return history, best["epoch"], wall
 
 
 def save(path: Path, model, args, kind: str, split: ForgetSplit, acc: dict, best_epoch: int,

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import trainer
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import model_outputs
@@ -21,7 +22,12 @@ from models import create_model
 from tracking import Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
 from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, Recipe, check_sets, run
+from unlearn.oneshot import apply as apply_one_shot
 from utils import UserError
+
+# flags of the loop's recipe that a one-shot method does not read
+ONE_SHOT_UNUSED = ("unlearn_epochs", "unlearn_lr", "optimizer", "momentum", "weight_decay", "decreasing_lr",
+                   "warmup", "bn_stats")
 
 
 def build_parser(doc: str) -> argparse.ArgumentParser:
@@ -44,7 +50,8 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=256, help="batch size of forget and retain batches (256)")
     g.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
                    help="sgd or adam (default: the method's; adam for BadTeacher, else sgd)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, Adam's beta1 (default 0.9)")
+    g.add_argument("--momentum", type=float, default=None,
+                   help="SGD momentum, Adam's beta1 (default: the method's; 0 for CF-k and EU-k, else 0.9)")
     g.add_argument("--weight_decay", type=float, default=None,
                    help="weight decay (default: the method's; 0 for BadTeacher, else 5e-4)")
     g.add_argument("--bn_stats", default="update", choices=BN_STATS,
@@ -169,6 +176,15 @@ def main(args: argparse.Namespace) -> dict:
         method, addon = make(args.unlearn, **{k: v for k, v in given.items() if k in own})
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
+    kind = type(method).kind
+    if kind == "retrain" and addon_name != "none":
+        raise UserError(f"--unlearn {args.unlearn}: retrain is exact unlearning and takes no add-on; "
+                        f"use --unlearn retrain")
+    if kind == "one-shot":
+        unused = [f"--{k}" for k in ONE_SHOT_UNUSED if getattr(args, k) not in (None, [], 0, "update")]
+        if unused:
+            print(f"warning: {', '.join(unused)} not used by {method_name}, a one-shot method; ignored",
+                  file=sys.stderr)
 
     save_dir = utils.check_writable(args.save_dir)
     device = utils.pick_device(args.gpu)
@@ -196,18 +212,30 @@ def main(args: argparse.Namespace) -> dict:
         spec = f"evaluate:{evaluated.get('kind', 'model')}"
     model = from_checkpoint(evaluated or ckpt)()
     mcls = type(method)
-    recipe = Recipe(lr=args.unlearn_lr or mcls.unlearn_lr, epochs=args.unlearn_epochs or mcls.unlearn_epochs,
-                    batch_size=args.batch_size, momentum=args.momentum,
-                    weight_decay=mcls.unlearn_weight_decay if args.weight_decay is None else args.weight_decay,
-                    decreasing_lr=args.decreasing_lr, warmup=args.warmup,
-                    optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats)
+    if kind == "retrain":
+        try:
+            trained_with = trainer.recipe_of(ckpt.get("args") or {})
+        except KeyError as e:
+            raise UserError(f"{path} does not record its training recipe ({e} missing), which retrain repeats: "
+                            f"retrain it with {baseline_command(args, path)}") from None
+        recipe = dataclasses.replace(trained_with, lr=args.unlearn_lr or trained_with.lr,
+                                     epochs=args.unlearn_epochs or trained_with.epochs)
+    else:
+        recipe = Recipe(lr=args.unlearn_lr or mcls.unlearn_lr, epochs=args.unlearn_epochs or mcls.unlearn_epochs,
+                        batch_size=args.batch_size,
+                        momentum=mcls.unlearn_momentum if args.momentum is None else args.momentum,
+                        weight_decay=mcls.unlearn_weight_decay if args.weight_decay is None else args.weight_decay,
+                        decreasing_lr=args.decreasing_lr, warmup=args.warmup,
+                        optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats)
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     polarities = polarity(split.is_class_forgetting)
     ideal_path, ideal_ckpt = find_ideal(args, split)
 
-    resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec,
-                "recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "recipe_optimizer": recipe.optimizer,
-                "recipe_weight_decay": recipe.weight_decay, "bn_stats": recipe.bn_stats,
+    resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec, "method_kind": kind,
+                **({} if kind == "one-shot" else
+                   {"recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "recipe_optimizer": recipe.optimizer,
+                    "recipe_weight_decay": recipe.weight_decay, "recipe_momentum": recipe.momentum,
+                    "recipe_batch_size": recipe.batch_size, "bn_stats": recipe.bn_stats}),
                 "original_checkpoint": str(path),
                 **{f"method.{k}": v for k, v in dataclasses.asdict(method).items()},
                 **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
@@ -220,13 +248,21 @@ def main(args: argparse.Namespace) -> dict:
             "command_hash": utils.own_command_hash(),
             "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"]}
     tracker = Run(args.tracking_uri, args.experiment or args.dataset, spec, tags)
-    what = "no unlearning" if evaluated is not None else \
-        f"{recipe.optimizer} lr {recipe.lr:g}, {recipe.epochs} epochs, batch-norm statistics {recipe.bn_stats}"
+    what = ("no unlearning" if evaluated is not None else "one shot" if kind == "one-shot" else
+            f"{'retrain from scratch, ' if kind == 'retrain' else ''}{recipe.optimizer} lr {recipe.lr:g}, "
+            f"{recipe.epochs} epochs, batch-norm statistics {recipe.bn_stats}")
     print(f"{spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "
           f"retain {len(split.retain)}, {what}, device {device}; MLflow run {tracker.id} in {tracker.uri}")
     try:
         tracker.params({**vars(args), **resolved})
-        rte = _unlearn(args, model, data, split, method, addon, recipe, tracker) if evaluated is None else 0.0
+        if evaluated is not None:
+            rte = 0.0
+        elif kind == "retrain":
+            model, rte = _retrain(args, ckpt, data, split, recipe, tracker, device)
+        elif kind == "one-shot":
+            rte = _one_shot(args, model, data, split, method, addon, forgotten, tracker)
+        else:
+            rte = _unlearn(args, model, data, split, method, addon, recipe, tracker)
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
         svc = args.mia_svc_max
@@ -272,6 +308,28 @@ def main(args: argparse.Namespace) -> dict:
     print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
           f"VA {metrics['VA']:.2f}  RTE {metrics['RTE']:.1f}s  -> {out}")
     return metrics
+
+
+def _one_shot(args, model, data, split, method, addon, forgotten, tracker: Run) -> float:
+    """Apply a one-shot method; returns its wall time (RTE) in seconds."""
+    record = apply_one_shot(model, data, split.forget, split.retain, method, addon, seed=args.seed,
+                            batch_size=args.batch_size, forgotten_class=forgotten)
+    print("one shot  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
+    tracker.metrics({f"train/{k}": v for k, v in record.items()}, step=1)
+    return record["time_s"]
+
+
+def _retrain(args, ckpt, data, split, recipe, tracker: Run, device):
+    """main_ideal.py's training, from the same initialisation; returns (model, wall time in seconds)."""
+    utils.set_seed(args.seed)  # as trainer.setup, which seeds right before load_data and create_model
+    model = create_model(args.arch, ckpt["num_classes"], data.in_channels, ckpt.get("imagenet_arch", False)).to(device)
+    forgotten = args.class_to_replace if split.is_class_forgetting else None
+    history, best_epoch, wall = trainer.fit(model, data, split.retain, trainer.selection_idx(data, forgotten), recipe,
+                                            args.seed, args.quiet, "retrain")
+    for record in history:
+        tracker.metrics({f"train/{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    tracker.params({"retrain_best_epoch": best_epoch})
+    return model, wall
 
 
 def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run) -> float:

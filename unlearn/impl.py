@@ -276,18 +276,39 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     """
     recipe = recipe or Recipe()
     addon = addon or NoAddon()
+    if method.kind != "loop":
+        raise ValueError(f"{method.name} is not a loop method ({method.kind}): "
+                         f"{'use unlearn.oneshot.apply' if method.kind == 'one-shot' else 'use trainer.fit'}")
     check_sets(method, addon, len(forget), len(retain))
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
+    device = next(model.parameters()).device
     seed = int(torch.randint(2**62, ())) if seed is None else seed
     mine = _Stream(data, forget, retain, seed, device)
     theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
+    method.adapt(model, mine.gen)
+    try:
+        return _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end,
+                    progress, desc)
+    finally:
+        method.restore(model)
+        model.eval()
+
+
+def context(model: nn.Module, data, forget: Tensor, retain: Tensor, generator: torch.Generator | None,
+            forgotten_class: int | None = None) -> Context:
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    return Context(model, data.num_classes, len(forget), len(retain), generator,
+                   None if mean is None else (mean, std), forgotten_class)
+
+
+def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end, progress, desc):
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), recipe.batch_size)
     stepper = _Stepper(params, recipe)
     model.train()
     bn = frozen_bn_stats(model) if recipe.bn_stats == "freeze" else contextlib.nullcontext()
     with bn:
-        method.setup(Context(model, data.num_classes, len(forget), len(retain), mine.gen))
+        method.setup(context(model, data, forget, retain, mine.gen))
         addon.prepare(grads)
         history = []
         for epoch in range(recipe.epochs):
@@ -300,7 +321,6 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
                 record.update(on_epoch_end(epoch, record) or {})
                 model.train()
             history.append(record)
-    model.eval()
     return model, history
 
 

@@ -59,10 +59,13 @@ class Context:
     """What a method may ask for before unlearning starts (read lazily, copied once)."""
 
     def __init__(self, model: nn.Module, num_classes: int, num_forget: int, num_retain: int,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, pixels: tuple[Tensor, Tensor] | None = None,
+                 forgotten_class: int | None = None):
         self._model = model
         self.num_classes, self.num_forget, self.num_retain = num_classes, num_forget, num_retain
         self.generator = generator  # the run's own stream: draw random labels from it
+        self.pixels = pixels  # (mean, std) per channel: input = (pixel in [0, 1] - mean) / std
+        self.forgotten_class = forgotten_class  # the class of class forgetting, None for random forgetting
 
     @cached_property
     def original(self) -> nn.Module:
@@ -96,6 +99,15 @@ class Method:
     unlearn_lr: ClassVar[float] = 0.01
     unlearn_optimizer: ClassVar[str] = "sgd"
     unlearn_weight_decay: ClassVar[float] = 5e-4
+    unlearn_momentum: ClassVar[float] = 0.9
+    kind: ClassVar[str] = "loop"  # "loop": run by impl.run; "one-shot": unlearn/oneshot.py; "retrain"
+
+    def adapt(self, model: nn.Module, generator: torch.Generator) -> None:
+        """Called before anything reads the model's parameters: change which are trainable, or
+        its shape (BE's shadow class). Whatever it changes, `restore` undoes after the run."""
+
+    def restore(self, model: nn.Module) -> None:
+        """Called after the last step, also when the run fails."""
 
     def setup(self, ctx: Context) -> None:
         """Called once before the first step."""
@@ -110,6 +122,53 @@ class Method:
 
 
 # ------------------------------------------------------------------ helpers
+_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def weight_layers(model: nn.Module) -> list[list[nn.Module]]:
+    """The model's convolution and linear layers in registration order, each with the
+    normalisation layers registered after it and before the next one (its batch norm)."""
+    groups: list[list[nn.Module]] = []
+    for m in model.modules():
+        if isinstance(m, _WEIGHT_LAYERS):
+            groups.append([m])
+        elif isinstance(m, _NORMS) and groups:
+            groups[-1].append(m)
+    return groups
+
+
+def split_last(model: nn.Module, k: int, who: str) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(modules of every layer but the last k, modules of the last k), layers as weight_layers counts them."""
+    groups = weight_layers(model)
+    if not 1 <= k <= len(groups):
+        raise ValueError(f"{who}: --k must be between 1 and {len(groups)} (the model's convolution and "
+                         f"linear layers), got {k}")
+    return [m for g in groups[:-k] for m in g], [m for g in groups[-k:] for m in g]
+
+
+class Frozen:
+    """Freezes modules entirely: their parameters stop requiring gradients, their batch-norm
+    running statistics stop moving; `undo()` gives both back."""
+
+    def __init__(self, model: nn.Module, keep_training: list[nn.Module]):
+        trained = {id(p) for m in keep_training for p in m.parameters(recurse=False)}
+        self.params = [p for p in model.parameters() if p.requires_grad and id(p) not in trained]
+        owners = {id(m) for m in keep_training}
+        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    and m.track_running_stats and id(m) not in owners]
+        for p in self.params:
+            p.requires_grad_(False)
+        for m in self.bns:
+            m.track_running_stats = False
+
+    def undo(self) -> None:
+        for p in self.params:
+            p.requires_grad_(True)
+        for m in self.bns:
+            m.track_running_stats = True
+
+
 def ce(model: nn.Module, batch: Batch, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Cross-entropy of the model on a batch (against `labels` if given) and its accuracy (%)."""
     logits = model(batch.x)
