@@ -104,14 +104,17 @@ def apply(model: nn.Module, data, forget: Tensor, retain: Tensor, method: OneSho
             companion = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
             g_c = next(_Gradients(model, companion, batch_size).retain_grads(1))
         d, keep = addon.direction(step, g_c, step)
+    moved = 0
     with torch.no_grad():
         for p, di in zip(sets.params, d):
-            p.sub_(di)
+            new = p - di
+            moved += (new != p).sum()
+            p.copy_(new)
     model.eval()
+    total = sum(p.numel() for p in sets.params)
     if keep is not None:
-        record["kept_share"] = (sum(k.sum() for k in keep) / sum(k.numel() for k in keep)).item()
-    moved = sum((di != 0).sum() for di in d) / sum(di.numel() for di in d)
-    record["moved_share"] = moved.item()
+        record["kept_share"] = sum(k.sum().item() for k in keep) / total
+    record["moved_share"] = float(moved) / total  # coordinates whose value changed
     sync(device)
     record["time_s"] = time.perf_counter() - t0
     return record

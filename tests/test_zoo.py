@@ -1,0 +1,278 @@
+"""The anchors' other methods: boundary shrinking and expanding, CF-k and EU-k in the loop;
+FF, IU, SSD and LFSSD on the one-shot path, with every add-on; retrain through the CLI."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import EPOCHS, run_script
+
+from dataset import forget_split, load_data
+from evaluation.accuracy import accuracies, model_outputs
+from models import create_model
+from unlearn import ADDONS, METHODS, make
+from unlearn.impl import Diverged, Recipe, run
+from unlearn.methods.boundary_shrink import fgsm_neighbour_labels
+from unlearn.methods.common import weight_layers
+from unlearn.methods.ft import FT
+from unlearn.methods.ssd import dampening_factors
+from unlearn.oneshot import Sets, apply
+
+ONE_SHOT = sorted(m for m, cls in METHODS.items() if cls.kind == "one-shot")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_data("digits", "./data", seed=0)
+    return data, {"class": forget_split(data, seed=0, class_to_replace=3, num_indexes=None),
+                  "random": forget_split(data, seed=0, class_to_replace=-1, num_indexes=100)}
+
+
+def _train(data, idx):
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 10, 1)
+    run(model, data, idx[:0], idx, FT(), recipe=Recipe(lr=0.1, epochs=8, batch_size=128), seed=0, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def original(digits):
+    data, _ = digits
+    return _train(data, data.train_idx)
+
+
+def _acc(model, data, split) -> dict:
+    return accuracies(model_outputs(model, data, split.forget, split.retain, None))
+
+
+def _forget_loss(model, data, split) -> float:
+    x, y = data.batch(split.forget)
+    with torch.no_grad():
+        return F.cross_entropy(model.eval()(x), y).item()
+
+
+def _unlearn(spec, model, data, split, recipe=None, **hp):
+    m, a = make(spec, **hp)
+    net = copy.deepcopy(model)
+    if m.kind == "one-shot":
+        forgotten = split.info["class_to_replace"] if split.is_class_forgetting else None
+        record = apply(net, data, split.forget, split.retain, m, a, seed=0, forgotten_class=forgotten)
+    else:
+        _, history = run(net, data, split.forget, split.retain, m, a, recipe, seed=0, progress=False)
+        record = history[-1]
+    return net, record
+
+
+# ------------------------------------------------------------------ behaviour on digits
+@pytest.mark.parametrize("spec, recipe, hp", [
+    # digits' 8x8 images have 17 grey levels: a step of 0.1 relabels about half the class, 0.3 all of it
+    ("BS", Recipe(lr=0.01, epochs=10, batch_size=64), {"epsilon": 0.3}),
+    ("BE", Recipe(lr=0.01, epochs=20, batch_size=64), {}),
+    ("FF", None, {}),
+    ("SSD", None, {"alpha": 50.0}),  # alpha 10, the CIFAR default, also dampens much of the rest on digits
+])
+def test_class_forgetting_drives_forget_accuracy_down_and_keeps_retain_accuracy(digits, original, spec, recipe,
+                                                                                hp):
+    data, splits = digits
+    split = splits["class"]
+    before = _acc(original, data, split)
+    net, _ = _unlearn(spec, original, data, split, recipe, **hp)
+    after = _acc(net, data, split)
+    assert before["FA"] > 95
+    assert after["FA"] < before["FA"] - 60, (before, after)
+    assert after["RA"] > 60, (before, after)  # chance is 10
+
+
+def test_iu_moves_the_forget_loss_towards_the_ideal_models(digits, original):
+    data, splits = digits
+    split = splits["class"]
+    ideal = _train(data, split.retain)
+    target, start = _forget_loss(ideal, data, split), _forget_loss(original, data, split)
+    assert target > start + 1  # the ideal model never saw the class
+    net, record = _unlearn("IU", original, data, split)
+    moved = _forget_loss(net, data, split)
+    assert start + 0.1 < moved < target, (start, moved, target)
+    assert record["step_norm"] > 0
+
+
+def test_be_keeps_the_output_shape_and_the_real_classes_rows_move(digits, original):
+    data, splits = digits
+    split = splits["class"]
+    net, _ = _unlearn("BE", original, data, split, Recipe(lr=0.01, epochs=2, batch_size=64))
+    shapes = {k: v.shape for k, v in original.state_dict().items()}
+    assert {k: v.shape for k, v in net.state_dict().items()} == shapes
+    assert net(data.batch(split.forget[:4])[0]).shape == (4, 10)
+    assert not torch.equal(net.fc.weight, original.fc.weight)
+
+
+def test_be_removes_the_shadow_class_when_the_run_fails(digits, original):
+    data, splits = digits
+    m, _ = make("BE")
+    net = copy.deepcopy(original)
+    with pytest.raises(Diverged):
+        run(net, data, splits["class"].forget, splits["class"].retain, m, None,
+            Recipe(lr=1e30, epochs=30, batch_size=64), seed=0, progress=False)
+    assert net.fc.out_features == 10
+
+
+@pytest.mark.parametrize("spec", ["CF-k", "EU-k"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_cf_k_and_eu_k_leave_every_layer_but_the_last_k_bit_identical(digits, original, spec, k):
+    data, splits = digits
+    net, _ = _unlearn(spec, original, data, splits["random"], Recipe(lr=0.05, epochs=2, batch_size=128), k=k)
+    groups_before, groups_after = weight_layers(original), weight_layers(net)
+    assert len(groups_after) == 4  # smallcnn: three convolutions and the classifier
+    for i, (gb, ga) in enumerate(zip(groups_before, groups_after)):
+        same = all(torch.equal(a, b) for mb, ma in zip(gb, ga)
+                   for a, b in zip([*ma.parameters(), *ma.buffers()], [*mb.parameters(), *mb.buffers()]))
+        assert same == (i < len(groups_before) - k), f"{spec} k={k}: layer {i} {'moved' if not same else 'frozen'}"
+    assert all(p.requires_grad for p in net.parameters())  # given back after the run
+    assert all(m.track_running_stats for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_k_out_of_range_is_refused(digits, original):
+    data, splits = digits
+    with pytest.raises(ValueError, match="--k must be between 1 and 4"):
+        _unlearn("CF-k", original, data, splits["random"], Recipe(epochs=1), k=5)
+
+
+# ----------------------------------------------------------------- the one-shot path
+@pytest.mark.parametrize("addon", sorted(ADDONS))
+@pytest.mark.parametrize("method", ONE_SHOT)
+def test_every_one_shot_method_with_every_addon(digits, original, method, addon):
+    data, splits = digits
+    split = splits["class"]
+    small = copy.copy(split)
+    small.forget, small.retain = split.forget[:32], split.retain[:128]  # keeps the test fast
+    before = [p.detach().clone() for p in original.parameters()]
+    net, record = _unlearn(f"{method}+{addon}", original, data, small, **({"alpha": 2.0} if "SSD" in method else {}))
+    after = [p.detach() for p in net.parameters()]
+    assert all(torch.isfinite(p).all() for p in after)
+    moved = sum((a != b).sum().item() for a, b in zip(after, before))
+    total = sum(p.numel() for p in after)
+    assert moved > 0, f"{method}+{addon} moved nothing"
+    assert math.isclose(record["moved_share"], moved / total)
+    if addon != "none":  # a coordinate the add-on does not keep stays put
+        assert moved <= round(record["kept_share"] * total)
+
+
+def test_one_shot_mask_keeps_exactly_the_coordinates_where_the_update_agrees_with_the_retain_gradient(digits,
+                                                                                                     original):
+    data, splits = digits
+    split = splits["random"]
+    full, _ = _unlearn("IU", original, data, split)
+    masked, record = _unlearn("IU+Mask", original, data, split)
+    # the retain gradient the add-on saw: one batch of the companion stream, as apply() draws it
+    from unlearn.impl import COMPANION_STREAM, _Gradients, _Stream
+    net = copy.deepcopy(original).train()
+    g_c = next(_Gradients(net, _Stream(data, split.forget, split.retain, COMPANION_STREAM, torch.device("cpu")),
+                          256).retain_grads(1))
+    for p0, pf, pm, g in zip(original.parameters(), full.parameters(), masked.parameters(), g_c):
+        delta = (pf - p0).detach()
+        keep = torch.sign(-delta) * torch.sign(g) > 0
+        assert torch.equal(pm.detach()[~keep], p0.detach()[~keep])
+        assert torch.equal(pm.detach()[keep], pf.detach()[keep])
+    assert 0 < record["kept_share"] < 1
+
+
+def test_ssd_dampening_factors_select_and_bound_by_one():
+    i_f = [torch.tensor([0.0, 1.0, 5.0, 100.0, 20.0])]
+    i_d = [torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])]
+    (w,) = dampening_factors(i_f, i_d, alpha=10.0, lam=1.0)
+    # selected only where I_F > 10 I_D: 100 (factor 1/100) and 20 (1/20); never above 1
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 1.0, 0.01, 0.05]))
+    (w,) = dampening_factors(i_f, i_d, alpha=10.0, lam=50.0)
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0]))  # 50 / 20 > 1: bounded
+
+
+def test_lfssd_reads_no_labels_and_ssd_does(digits, original):
+    data, splits = digits
+    split = splits["random"]
+    shuffled = copy.copy(data)
+    shuffled.y_train = data.y_train[torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))]
+    for spec, same in (("LFSSD", True), ("SSD", False)):
+        a, _ = _unlearn(spec, original, data, split, alpha=2.0)
+        b, _ = _unlearn(spec, original, shuffled, split, alpha=2.0)
+        equal = all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+        assert equal == same, spec
+
+
+def test_ff_noise_follows_the_seed_and_class_forgetting_zeroes_the_class_row(digits, original):
+    data, splits = digits
+    split = splits["class"]
+    m, _ = make("FF", alpha=1e-12)
+    nets = []
+    for seed in (0, 0, 1):
+        net = copy.deepcopy(original)
+        apply(net, data, split.forget, split.retain, m, seed=seed, forgotten_class=3)
+        nets.append(net)
+    assert torch.equal(nets[0].fc.weight, nets[1].fc.weight)
+    assert not torch.equal(nets[0].fc.weight, nets[2].fc.weight)
+    row = nets[0].fc.weight[3]
+    assert row.abs().max() < 0.2 and original.fc.weight[3].abs().max() > 0.2  # mean 0, std sqrt(1e-3)
+    assert torch.allclose(nets[0].fc.weight[2], original.fc.weight[2], atol=1e-3)  # the others barely move
+
+
+def test_one_shot_sets_walk_in_index_order_without_augmentation(digits):
+    data, splits = digits
+    split = splits["random"]
+    sets = Sets(create_model("smallcnn", 10, 1), data, split.forget, split.retain, 64)
+    xs = torch.cat([b.x for b in sets.batches("forget")])
+    assert torch.equal(xs, data.batch(split.forget)[0])
+    assert len(sets) == len(split.forget) + len(split.retain)
+
+
+def test_fgsm_labels_are_the_teachers_prediction_of_the_moved_image():
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(8, 1, 2, 2)
+    y = teacher(x).argmax(1)
+    labels = fgsm_neighbour_labels(teacher, x, y, 0.5)
+    x_req = x.clone().requires_grad_(True)
+    F.cross_entropy(teacher(x_req), y).backward()
+    moved = torch.round((x + 0.5 * x_req.grad.sign()).clamp(0, 1) * 255) / 255
+    assert torch.equal(labels, teacher(moved).argmax(1))
+    # normalised inputs: the same step in pixel units
+    mean, std = torch.tensor([0.3]), torch.tensor([0.2])
+    assert torch.equal(fgsm_neighbour_labels(lambda z: teacher(z * std + mean), (x - mean) / std, y, 0.5,
+                                             (mean, std)), labels)
+
+
+# --------------------------------------------------------------------------- the CLI
+def _forget(digits_models, tmp_path, *extra):
+    proc = run_script("mlflow_forget.py", *digits_models["common"], "--class_to_replace", "-1",
+                      "--num_indexes_to_replace", "100", "--tracking_uri", f"sqlite:///{tmp_path}/m.db", *extra,
+                      check=False)
+    return proc
+
+
+def test_retrain_through_the_cli_equals_main_ideal_bit_for_bit(digits_models, tmp_path):
+    proc = _forget(digits_models, tmp_path, "--unlearn", "retrain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ideal = torch.load(digits_models["ideal_random"], weights_only=False)
+    path = proc.stdout.strip().splitlines()[-1].split("-> ")[-1]
+    mine = torch.load(path, weights_only=False)
+    assert mine["resolved"]["recipe_epochs"] == EPOCHS and mine["resolved"]["method_kind"] == "retrain"
+    assert all(torch.equal(ideal["state_dict"][k], mine["state_dict"][k]) for k in ideal["state_dict"])
+    assert mine["metrics"]["RTE"] > 0
+
+
+def test_retrain_with_an_addon_is_refused(digits_models, tmp_path):
+    proc = _forget(digits_models, tmp_path, "--unlearn", "retrain+Mask")
+    assert proc.returncode == 2 and "retrain is exact unlearning and takes no add-on" in proc.stderr
+
+
+def test_one_shot_run_through_the_cli_logs_its_kind_and_warns_on_loop_flags(digits_models, tmp_path):
+    proc = _forget(digits_models, tmp_path, "--unlearn", "SSD+SalUn", "--unlearn_lr", "0.1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--unlearn_lr not used by SSD, a one-shot method" in proc.stderr
+    path = proc.stdout.strip().splitlines()[-1].split("-> ")[-1]
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["resolved"]["method_kind"] == "one-shot" and "recipe_lr" not in ckpt["resolved"]
+    original = torch.load(digits_models["original"], weights_only=False)["state_dict"]
+    moved = sum((ckpt["state_dict"][k] != v).sum().item() for k, v in original.items() if v.is_floating_point())
+    assert moved > 0
