@@ -8,6 +8,7 @@ the SalUn paper's Table 1) and PNG plots.
     python benchmark.py --preset cifar10-paper --jobs 1  # a GPU machine
     python benchmark.py --preset cifar10-paper --slurm --partition gpu --gpus 1   # a cluster
     python benchmark.py --preset cifar10-paper --report_only   # tables and plots once the jobs are done
+    python benchmark.py --preset zoo                     # every method, published recipes, digits, 3 seeds
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ PRESETS: dict[str, Grid] = {
                                    "NegGrad+Mask", "NegGrad+VarGrad", "RL+VarGrad"],
                           addon_params={"beta": [0.9]}),
 }
+# every registered method with its published recipe (SalUn = RL+SalUn), and retrain: the issue's zoo table
+ZOO_METHODS = ["FT", "GA", "RL", "SalUn", "NegGrad+", "FT_l1", "GA_l1", "SCRUB", "BadTeacher", "BS", "BE",
+               "CF-k", "EU-k", "FF", "IU", "SSD", "LFSSD", "retrain"]
+ZOO_NEW = ["BS", "BE", "CF-k", "EU-k", "FF", "IU", "SSD", "LFSSD", "retrain"]
+PRESETS["zoo"] = Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1, 2, 3], epochs={"digits": 30},
+                      forget=[(-1, 100), (3, None)], unlearn=ZOO_METHODS)
+# the methods the zoo added, on the fashionmnist preset's models and forget sets, each method's own recipe
+PRESETS["fashionmnist-zoo"] = Grid(datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3],
+                                   epochs={"fashionmnist": 8}, forget=[(-1, 5400), (0, None)], unlearn=ZOO_NEW,
+                                   extra_base=["--decreasing_lr", "4,6"], extra=["--mia_svc_max", "2000"])
+# presets that train exactly the models of another: they share its checkpoints folder (beside --out)
+SHARES_MODELS_WITH = {"zoo": "digits-quick", "fashionmnist-zoo": "fashionmnist"}
 TABLE = ["UA", "RA", "TA", "MIA"]  # shown as mean +- std (gap to ideal)
 EXTRA = ["rUA", "FID_forget", "avg_gap", "RTE"]
 
@@ -247,7 +260,8 @@ def main() -> None:
     out = a.out or Path("benchmark_results") / a.preset
     out.mkdir(parents=True, exist_ok=True)
     grid = copy.deepcopy(PRESETS[a.preset])
-    grid.data, grid.save_root = a.data, str(out / "checkpoints")
+    models = out.parent / SHARES_MODELS_WITH[a.preset] if a.preset in SHARES_MODELS_WITH else out
+    grid.data, grid.save_root = a.data, str(models / "checkpoints")
     uri = f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
     base, params = sweep.generate(grid)
     (out / "base_params.txt").write_text("\n".join(base) + "\n")

@@ -179,6 +179,17 @@ def test_one_shot_mask_keeps_exactly_the_coordinates_where_the_update_agrees_wit
     assert 0 < record["kept_share"] < 1
 
 
+@pytest.mark.parametrize("spec, empty", [("SSD", "forget"), ("IU", "retain"), ("FF", "retain")])
+def test_one_shot_method_refuses_an_empty_set_it_reads(digits, original, spec, empty):
+    data, splits = digits
+    split = splits["random"]
+    sets = {"forget": split.forget, "retain": split.retain}
+    sets[empty] = sets[empty][:0]
+    m, _ = make(spec)
+    with pytest.raises(ValueError, match=f"needs a non-empty {empty} set"):
+        apply(copy.deepcopy(original), data, sets["forget"], sets["retain"], m, seed=0)
+
+
 def test_ssd_dampening_factors_select_and_bound_by_one():
     i_f = [torch.tensor([0.0, 1.0, 5.0, 100.0, 20.0])]
     i_d = [torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])]
@@ -250,6 +261,7 @@ def _forget(digits_models, tmp_path, *extra):
     return proc
 
 
+@pytest.mark.slow
 def test_retrain_through_the_cli_equals_main_ideal_bit_for_bit(digits_models, tmp_path):
     proc = _forget(digits_models, tmp_path, "--unlearn", "retrain")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -261,11 +273,13 @@ def test_retrain_through_the_cli_equals_main_ideal_bit_for_bit(digits_models, tm
     assert mine["metrics"]["RTE"] > 0
 
 
+@pytest.mark.slow
 def test_retrain_with_an_addon_is_refused(digits_models, tmp_path):
     proc = _forget(digits_models, tmp_path, "--unlearn", "retrain+Mask")
     assert proc.returncode == 2 and "retrain is exact unlearning and takes no add-on" in proc.stderr
 
 
+@pytest.mark.slow
 def test_one_shot_run_through_the_cli_logs_its_kind_and_warns_on_loop_flags(digits_models, tmp_path):
     proc = _forget(digits_models, tmp_path, "--unlearn", "SSD+SalUn", "--unlearn_lr", "0.1")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -38,10 +38,7 @@ class OneShot(Method):
 
     kind: ClassVar[str] = "one-shot"
     unlearn_epochs: ClassVar[int] = 1  # not used: a one-shot method takes no steps
-    uses: ClassVar[tuple[str, ...]] = ("forget", "retain")  # the sets `update` reads
-
-    def passes(self, epoch):
-        return []
+    uses: ClassVar[tuple[str, ...]] = ("forget", "retain")  # the sets `update` reads (checked non-empty)
 
     def update(self, model: nn.Module, sets: Sets) -> tuple[Grads, dict[str, float]]:
         raise NotImplementedError
