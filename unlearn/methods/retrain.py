@@ -13,16 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unlearn import register_method
-from unlearn.methods.common import Method, ce
+from unlearn.methods.ft import FT
 
 
 @register_method("retrain")
 @dataclass
-class Retrain(Method):
+class Retrain(FT):  # FT's loss, from a fresh initialisation, with the training recipe
     kind = "retrain"
-    uses = ("retain",)
-    epoch_over = "retain"
-
-    def losses(self, model, forget, retain, progress):
-        loss, acc = ce(model, retain)
-        return {"utility": loss, "retain_acc": acc}
