@@ -219,6 +219,12 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+def gradients(loss: Tensor, params: list[Tensor], retain_graph: bool = False) -> Grads:
+    """d loss / d params, zeros for a parameter the loss does not reach."""
+    gs = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=retain_graph)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
+
+
 class _Gradients:
     """Gradients on demand, for the step and for an add-on's `prepare` (the prepare stream)."""
 
@@ -227,8 +233,7 @@ class _Gradients:
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def of(self, loss: Tensor, retain_graph: bool = False) -> Grads:
-        gs = torch.autograd.grad(loss, self.params, allow_unused=True, retain_graph=retain_graph)
-        return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params)]
+        return gradients(loss, self.params, retain_graph)
 
     def retain_grads(self, n: int) -> Iterator[Grads]:
         """g_c of n retain batches of the add-on's stream; the model's state is left as it was."""

@@ -28,7 +28,16 @@ from torch import Tensor, nn
 
 from unlearn.addons.common import Addon, Grads
 from unlearn.addons.none import NoAddon
-from unlearn.impl import COMPANION_STREAM, PREPARE_STREAM, _Gradients, _Stream, check_sets, context, sync
+from unlearn.impl import (
+    COMPANION_STREAM,
+    PREPARE_STREAM,
+    _Gradients,
+    _Stream,
+    check_sets,
+    context,
+    gradients,
+    sync,
+)
 from unlearn.methods.common import Batch, Method
 
 
@@ -65,8 +74,7 @@ class Sets:
             yield Batch(*self.data.batch(chunk, train=False))
 
     def grad(self, loss: Tensor, retain_graph: bool = False) -> Grads:
-        gs = torch.autograd.grad(loss, self.params, allow_unused=True, retain_graph=retain_graph)
-        return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, self.params)]
+        return gradients(loss, self.params, retain_graph)
 
 
 def apply(model: nn.Module, data, forget: Tensor, retain: Tensor, method: OneShot, addon: Addon | None = None,
