@@ -19,6 +19,7 @@ from dataset import ForgetSplit, forget_split, load_data
 from evaluation.accuracy import accuracies, accuracy, logits_of, model_outputs
 from models import create_model
 from unlearn.impl import Recipe, run
+from unlearn.methods.common import last_linear
 from unlearn.methods.ft import FT
 from utils import UserError
 
@@ -138,5 +139,4 @@ def forget_record_path(checkpoint: Path) -> Path:
 
 
 def model_num_classes(model) -> int:
-    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    return last.out_features
+    return last_linear(model)[2].out_features

@@ -21,20 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unlearn import register_method
-from unlearn.methods.common import Method, accuracy
-
-
-def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    """(parent module, attribute name, layer) of the model's last nn.Linear."""
-    found = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            found = (name, module)
-    if found is None:
-        raise ValueError("BE needs a model whose classifier is an nn.Linear layer")
-    name, layer = found
-    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    return parent, name.rpartition(".")[2], layer
+from unlearn.methods.common import Method, accuracy, last_linear
 
 
 def resized(layer: nn.Linear, out_features: int, generator: torch.Generator | None = None) -> nn.Linear:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unlearn import register_method
-from unlearn.methods.common import Frozen, Method, ce, split_last
+from unlearn.methods.common import Frozen, Method, ce, last_layers
 
 
 @register_method("CF-k")
@@ -30,7 +30,7 @@ class CFk(Method):
     frozen: Frozen | None = field(default=None, init=False, repr=False)
 
     def adapt(self, model, generator):
-        _, last = split_last(model, self.k, self.name)
+        last = last_layers(model, self.k, self.name)
         self.frozen = Frozen(model, last)
 
     def restore(self, model):

@@ -138,13 +138,26 @@ def weight_layers(model: nn.Module) -> list[list[nn.Module]]:
     return groups
 
 
-def split_last(model: nn.Module, k: int, who: str) -> tuple[list[nn.Module], list[nn.Module]]:
-    """(modules of every layer but the last k, modules of the last k), layers as weight_layers counts them."""
+def last_layers(model: nn.Module, k: int, who: str) -> list[nn.Module]:
+    """The modules of the last k layers, layers as weight_layers counts them."""
     groups = weight_layers(model)
     if not 1 <= k <= len(groups):
         raise ValueError(f"{who}: --k must be between 1 and {len(groups)} (the model's convolution and "
                          f"linear layers), got {k}")
-    return [m for g in groups[:-k] for m in g], [m for g in groups[-k:] for m in g]
+    return [m for g in groups[-k:] for m in g]
+
+
+def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent module, attribute name, layer) of the model's last nn.Linear: its classifier."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to serve as its classifier")
+    name, layer = found
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return parent, name.rpartition(".")[2], layer
 
 
 class Frozen:

@@ -20,7 +20,7 @@ import torch
 
 from unlearn import register_method
 from unlearn.methods.cf_k import CFk
-from unlearn.methods.common import Frozen, split_last
+from unlearn.methods.common import Frozen, last_layers
 
 
 def reinitialise(modules, generator: torch.Generator) -> None:
@@ -38,6 +38,6 @@ def reinitialise(modules, generator: torch.Generator) -> None:
 @dataclass
 class EUk(CFk):
     def adapt(self, model, generator):
-        _, last = split_last(model, self.k, self.name)
+        last = last_layers(model, self.k, self.name)
         reinitialise(last, generator)
         self.frozen = Frozen(model, last)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearn import register_method
-from unlearn.methods.boundary_expand import last_linear
+from unlearn.methods.common import last_linear
 from unlearn.oneshot import OneShot
 
 FISHER_BATCH = 32  # fixed in their `hessian()`; the estimate depends on it
