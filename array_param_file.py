@@ -1,4 +1,4 @@
-"""Write the params files of a sweep: `base_params.txt` (one main_baseline.py line per
+r"""Write the params files of a sweep: `base_params.txt` (one main_baseline.py line per
 data set, architecture and seed; one main_ideal.py line per seed and forget scenario)
 and `params.txt` (one mlflow_forget.py line per configuration). Run them with
 run_params.py (locally or on Slurm), then `python mlruns_parser.py`.

@@ -1,4 +1,4 @@
-"""Train the original model on the whole training set (Unlearn-Sparse recipe).
+r"""Train the original model on the whole training set (Unlearn-Sparse recipe).
 
 Writes {save_dir}/{seed}{arch}_ep{epochs}model_SA_best.pth.tar (the best epoch by
 validation accuracy), the file the unlearning commands pass to --mask, and beside

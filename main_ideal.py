@@ -1,4 +1,4 @@
-"""Retrain the ideal model from scratch on the retain set D_R = D \\ D_F, with the
+r"""Retrain the ideal model from scratch on the retain set D_R = D \ D_F, with the
 same seed and recipe as the original model (exact unlearning, the gold standard).
 
 Writes {save_dir}/{seed}{arch}_ep{epochs}_C{class}_N{num}_ideal.pth.tar, a name that

@@ -1,4 +1,4 @@
-"""Unlearn the forget set from the original model with one method (and add-on),
+r"""Unlearn the forget set from the original model with one method (and add-on),
 evaluate the result and log everything to MLflow.
 
     python -u mlflow_forget.py --dataset digits --epochs 30 --save_dir ./results/digits \

@@ -1,4 +1,5 @@
-"""MLflow helpers: where the runs go, and one run's life (start, log, end with a status).
+"""MLflow helpers: where the runs go, and one run's life (start, log, end with a status);
+`FileRun` is the same life written to a JSON file, for main_forget.py (no tracking store).
 
 Default store: the database backend `sqlite:///mlruns/mlflow.db` (MLflow 3 no longer
 takes a plain ./mlruns folder), with artifacts under `mlruns/artifacts/`.
@@ -91,6 +92,7 @@ class Run:
         exp = experiment_id(self.client, self.uri, experiment)
         self.run = retry(self.client.create_run, exp, run_name=run_name, tags=tags)
         self.id = self.run.info.run_id
+        self.where = f"MLflow run {self.id} in {self.uri}"
 
     def params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -120,3 +122,44 @@ class Run:
         if reason:
             self.tags({"failure_reason": reason})
         retry(self.client.set_terminated, self.id, status)
+
+
+class FileRun:
+    """A run with no tracking store (main_forget.py): Run's calls, kept in memory and written
+    when the run ends to `{folder}/{id}_run.json` (status, reason, parameters, tags, artifacts,
+    and every metric with its step history), so nothing MLflow would hold is lost."""
+
+    def __init__(self, folder: Path, experiment: str, run_name: str, tags: dict[str, str]):
+        import uuid
+
+        self.id = uuid.uuid4().hex
+        self.path = Path(folder) / f"{self.id}_run.json"
+        self.uri = str(self.path)
+        self.where = f"run {self.id}, recorded in {self.path}"
+        self.record: dict[str, Any] = {"run_id": self.id, "experiment": experiment, "run_name": run_name,
+                                       "status": "RUNNING", "start_time": time.time(), "params": {},
+                                       "tags": {k: str(v) for k, v in tags.items()}, "metrics": {},
+                                       "artifacts": []}
+
+    def params(self, params: dict[str, Any]) -> None:
+        self.record["params"].update({k: str(v) for k, v in params.items()})
+
+    def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, int | float) and not math.isnan(float(v)):
+                self.record["metrics"].setdefault(k, []).append([step, float(v)])
+
+    def tags(self, tags: dict[str, Any]) -> None:
+        self.record["tags"].update({k: str(v) for k, v in tags.items()})
+
+    def artifact(self, path: Path) -> None:
+        self.record["artifacts"].append(str(Path(path).resolve()))
+
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        import utils
+
+        if reason:
+            self.tags({"failure_reason": reason})
+        self.record.update(status=status, end_time=time.time())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        utils.write_json(self.record, self.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,6 +49,35 @@ def test_papers_command_logs_a_complete_run(digits_models, tmp_path):
     arts = [a.path for a in c.list_artifacts(r.info.run_id)]
     assert any(a.endswith("_metrics.json") for a in arts)
     assert (tmp_path / "mlruns" / "artifacts").is_dir()
+
+
+def test_main_forget_is_the_same_run_without_mlflow(digits_models, tmp_path):
+    """The same command through both scripts: the same metrics; main_forget.py's record holds what
+    the MLflow run holds (parameters, tags, per-epoch history, status)."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd = forget_cmd(digits_models, uri)
+    run_script(*cmd)
+    c, r = only_run(uri)
+    save = digits_models["save_dir"]
+    proc = run_script("main_forget.py", *cmd[1:])
+    assert "warning: --tracking_uri and --experiment are for mlflow_forget.py" in proc.stderr
+    assert "UA " in proc.stdout and "polarity" in proc.stdout  # the printed table
+    (record_path,) = (save / "unlearned").glob("*_run.json")
+    record = json.loads(record_path.read_text())
+    metrics = json.loads((save / "unlearned" / f"{record['run_id']}_metrics.json").read_text())
+    assert record["status"] == "FINISHED" and record["run_name"] == "GA+VarGrad"
+    timing = {"RTE", "eval_time", "train/time_s"}
+    mine = {k: v for k, v in metrics["metrics"].items() if k not in timing}
+    assert mine == {k: v for k, v in r.data.metrics.items() if "/" not in k and k not in timing}
+    assert {k: hist[-1][1] for k, hist in record["metrics"].items() if k not in timing} == \
+        {k: v for k, v in r.data.metrics.items() if k not in timing}
+    assert [v for _, v in record["metrics"]["train/kept_share"]] == \
+        [m.value for m in sorted(c.get_metric_history(r.info.run_id, "train/kept_share"), key=lambda m: m.step)]
+    differ = {"tracking_uri"}
+    assert {k: v for k, v in record["params"].items() if k not in differ} == \
+        {k: v for k, v in r.data.params.items() if k not in differ}
+    assert record["tags"]["forget_sha1"] == r.data.tags["forget_sha1"]
+    assert Path(record["tags"]["checkpoint"]).is_file()
 
 
 def test_default_store_is_sqlite_under_mlruns(digits_models, tmp_path):
@@ -98,6 +128,8 @@ def test_help_lists_registered_methods_and_addons():
     for name in ("VarGrad", "SCRUB", "BadTeacher", "NegGrad+", "--msteps", "--beta", "--kd_T", "--bn_stats",
                  "--optimizer", "--evaluate", "--rl_mode", "--forget_batch_size"):
         assert name in out
+    # the examples keep their line breaks (copy-pasteable shell lines)
+    assert "--save_dir ./results/cifar10 \\\n        --mask" in out
 
 
 def _weights(path) -> dict:

@@ -19,7 +19,7 @@ from dataset import forget_split, load_data
 from evaluation.accuracy import model_outputs
 from evaluation.report import against_references, model_metrics, polarity, reference, summary_table
 from models import create_model
-from tracking import Run
+from tracking import FileRun, Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
 from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, Recipe, check_sets, run
 from unlearn.oneshot import apply as apply_one_shot
@@ -30,18 +30,19 @@ ONE_SHOT_UNUSED = ("unlearn_epochs", "unlearn_lr", "optimizer", "momentum", "wei
                    "warmup", "bn_stats")
 
 
-def build_parser(doc: str) -> argparse.ArgumentParser:
+def build_parser(doc: str, original: str = "the original model (main_baseline.py's output",
+                 ideal: str = "the ideal model (main_ideal.py's output") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     utils.add_common_args(parser)
     g = parser.add_argument_group("unlearning")
     g.add_argument("--unlearn", default="VarGrad", metavar="METHOD[+ADDON]",
                    help=f"what to run (default VarGrad = GA+VarGrad); {choices_text()}")
     g.add_argument("--mask", default=None, metavar="CHECKPOINT",
-                   help="the original model (main_baseline.py's output; default: its name under --save_dir)")
+                   help=f"{original}; default: its name under --save_dir)")
     g.add_argument("--epochs", type=int, default=182,
                    help="training epochs of the original model: names its checkpoint (default 182)")
     g.add_argument("--ideal", default=None, metavar="CHECKPOINT",
-                   help="the ideal model (main_ideal.py's output; default: its name under --save_dir)")
+                   help=f"{ideal}; default: its name under --save_dir)")
     g.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
                    help="no unlearning: score this model (the ideal one, or one made elsewhere) with the same "
                         "metrics against the original and ideal models, and log it as a run")
@@ -111,17 +112,15 @@ def ideal_command(args: argparse.Namespace, n: int) -> str:
             f"--num_indexes_to_replace {n} --save_dir {shlex.quote(args.save_dir)}")
 
 
-def find_ideal(args: argparse.Namespace, split) -> tuple[Path | None, dict | None]:
-    """The ideal checkpoint of this seed and forget set, or (None, None) with a note saying how to make it.
-    One given with --ideal that was retrained for anything else is refused: every closeness
-    metric against it would be wrong."""
-    n = split.info["num_indexes_to_replace"]
-    path = Path(args.ideal) if args.ideal else utils.ideal_checkpoint_path(
-        args.save_dir, args.seed, args.arch, args.epochs, args.class_to_replace, n)
+def find_ideal(args: argparse.Namespace, split, path: Path, command: str) -> tuple[Path | None, dict | None]:
+    """The ideal checkpoint of this seed and forget set (--ideal, else `path`), or (None, None) with
+    a note giving the `command` that makes it. One retrained for anything else is refused: every
+    closeness metric against it would be wrong."""
+    path = Path(args.ideal) if args.ideal else path
     if not path.is_file():
         if args.ideal:
-            raise UserError(f"--ideal {path} not found; create it with: {ideal_command(args, n)}")
-        print(f"note: no ideal model at {path}; rUA, FID, KL and Avg. Gap need it: {ideal_command(args, n)}")
+            raise UserError(f"--ideal {path} not found; create it with: {command}")
+        print(f"note: no ideal model at {path}; rUA, FID, KL and Avg. Gap need it: {command}")
         return None, None
     ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch)
     if ckpt.get("seed") != args.seed:
@@ -129,10 +128,39 @@ def find_ideal(args: argparse.Namespace, split) -> tuple[Path | None, dict | Non
                         f"{args.seed}: pass the ideal model of the same seed")
     theirs = ckpt.get("split", {})
     if theirs.get("forget_sha1") != split.info["forget_sha1"]:
+        n = split.info["num_indexes_to_replace"]
         raise UserError(f"ideal model {path} was retrained without another forget set (C="
                         f"{theirs.get('class_to_replace')}, N={theirs.get('num_indexes_to_replace')}) than this "
                         f"run's (C={args.class_to_replace}, N={n}): pass the ideal model of this forget set")
     return path, ckpt
+
+
+class Forgetting:
+    """Where one run's models and sets come from. Here: the original model of main_baseline.py, the
+    data set and forget set the flags name, and the ideal model of main_ideal.py. main_backdoor.py
+    passes its own (backdoor.Backdoor: the poisoned data, the backdoored model, ASR as a metric);
+    everything else in `main` is the same run."""
+
+    mode = "forget"
+
+    def original(self, args: argparse.Namespace) -> tuple[Path, dict]:
+        path = original_path(args)
+        return path, utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch,
+                                           made_by=baseline_command(args, path))
+
+    def data(self, args: argparse.Namespace, ckpt: dict, device):
+        data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug, args.subsample)
+        split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
+        return data.to(device), split.to(device)
+
+    def ideal(self, args: argparse.Namespace, split) -> tuple[Path | None, dict | None]:
+        n = split.info["num_indexes_to_replace"]
+        return find_ideal(args, split, utils.ideal_checkpoint_path(args.save_dir, args.seed, args.arch, args.epochs,
+                                                                   args.class_to_replace, n), ideal_command(args, n))
+
+    def extra_metrics(self, model, data) -> dict[str, float]:
+        """Metrics beyond the common ones, for the unlearned and the reference models (none here)."""
+        return {}
 
 
 def unlearned_path(save_dir: Path, args, spec: str, run_id: str, n: int) -> Path:
@@ -141,8 +169,11 @@ def unlearned_path(save_dir: Path, args, spec: str, run_id: str, n: int) -> Path
                                      f"{safe}_{run_id[:8]}.pth.tar")
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Unlearn, evaluate and log one run; returns the final metrics."""
+def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: str = "mlflow") -> dict:
+    """Unlearn, evaluate and log one run; returns the final metrics. `scenario` says where the models
+    and sets come from (default: forgetting); `store` "mlflow" logs to MLflow (mlflow_forget.py),
+    "files" to a JSON record beside the metrics (main_forget.py)."""
+    scenario = scenario or Forgetting()
     try:
         method_name, addon_name = parse_unlearn(args.unlearn)
     except ValueError as e:
@@ -150,17 +181,6 @@ def main(args: argparse.Namespace) -> dict:
     for name in ("unlearn_epochs", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1")
-    path = original_path(args)
-    ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch,
-                                 made_by=baseline_command(args, path))
-    args.arch = args.arch or ckpt["arch"]
-    if ckpt.get("seed") not in (None, args.seed):
-        print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
-              file=sys.stderr)
-    trained_on = (ckpt.get("args") or {}).get("subsample", 1.0)
-    if trained_on != args.subsample:
-        raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
-                        f"{args.subsample}: pass the same share")
     spec = spec_name(method_name, addon_name)
     given = {k: getattr(args, k) for k in set(_all_fields(METHODS)) | set(_all_fields(ADDONS))
              if getattr(args, k) is not None}
@@ -186,11 +206,19 @@ def main(args: argparse.Namespace) -> dict:
             print(f"warning: {', '.join(unused)} not used by {method_name}, a one-shot method; ignored",
                   file=sys.stderr)
 
+    path, ckpt = scenario.original(args)
+    args.arch = args.arch or ckpt["arch"]
+    if ckpt.get("seed") not in (None, args.seed):
+        print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
+              file=sys.stderr)
+    trained_on = (ckpt.get("args") or {}).get("subsample", 1.0)
+    if trained_on != args.subsample:
+        raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
+                        f"{args.subsample}: pass the same share")
     save_dir = utils.check_writable(args.save_dir)
     device = utils.pick_device(args.gpu)
     utils.set_seed(args.seed)
-    data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug, args.subsample).to(device)
-    split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace).to(device)
+    data, split = scenario.data(args, ckpt, device)
     try:
         check_sets(method, addon, len(split.forget), len(split.retain))
     except ValueError as e:
@@ -229,7 +257,7 @@ def main(args: argparse.Namespace) -> dict:
                         optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats)
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     polarities = polarity(split.is_class_forgetting)
-    ideal_path, ideal_ckpt = find_ideal(args, split)
+    ideal_path, ideal_ckpt = scenario.ideal(args, split)
 
     resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec, "method_kind": kind,
                 **({} if kind == "one-shot" else
@@ -247,12 +275,19 @@ def main(args: argparse.Namespace) -> dict:
             "git_commit": provenance["git_commit"], "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "command_hash": utils.own_command_hash(),
             "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"]}
-    tracker = Run(args.tracking_uri, args.experiment or args.dataset, spec, tags)
+    experiment = args.experiment or args.dataset + ("" if scenario.mode == "forget" else f"-{scenario.mode}")
+    if store == "files":
+        if args.tracking_uri or args.experiment:
+            print("warning: --tracking_uri and --experiment are for mlflow_forget.py; main_forget.py logs to "
+                  "no store; ignored", file=sys.stderr)
+        tracker = FileRun(save_dir / "unlearned", experiment, spec, tags)
+    else:
+        tracker = Run(args.tracking_uri, experiment, spec, tags)
     what = ("no unlearning" if evaluated is not None else "one shot" if kind == "one-shot" else
             f"{'retrain from scratch, ' if kind == 'retrain' else ''}{recipe.optimizer} lr {recipe.lr:g}, "
             f"{recipe.epochs} epochs, batch-norm statistics {recipe.bn_stats}")
     print(f"{spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "
-          f"retain {len(split.retain)}, {what}, device {device}; MLflow run {tracker.id} in {tracker.uri}")
+          f"retain {len(split.retain)}, {what}, device {device}; {tracker.where}")
     try:
         tracker.params({**vars(args), **resolved})
         if evaluated is not None:
@@ -266,10 +301,13 @@ def main(args: argparse.Namespace) -> dict:
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
         svc = args.mia_svc_max
-        metrics = model_metrics(out_u, args.seed, svc)
+        metrics = model_metrics(out_u, args.seed, svc) | scenario.extra_metrics(model, data)
         ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed, svc)
+        ref_o = ref_o | scenario.extra_metrics(from_checkpoint(ckpt)(), data)
         ref_i, out_i = (reference(ideal_path, from_checkpoint(ideal_ckpt), data, split, forgotten, args.seed, svc)
                         if ideal_path else (None, None))
+        if ref_i is not None:
+            ref_i = ref_i | scenario.extra_metrics(from_checkpoint(ideal_ckpt)(), data)
         metrics.update(against_references(out_u, metrics, ref_o, ref_i, out_i))
         metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
         tracker.metrics({**metrics, **{f"original/{k}": v for k, v in ref_o.items()},
@@ -305,8 +343,9 @@ def main(args: argparse.Namespace) -> dict:
         raise
     tracker.end("FINISHED")
     print(summary_table(metrics, ref_o, ref_i, spec, polarities))
+    asr = f"  ASR {ref_o['ASR']:.2f} -> {metrics['ASR']:.2f}" if "ASR" in metrics else ""
     print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
-          f"VA {metrics['VA']:.2f}  RTE {metrics['RTE']:.1f}s  -> {out}")
+          f"VA {metrics['VA']:.2f}{asr}  RTE {metrics['RTE']:.1f}s  -> {out}")
     return metrics
 
 
