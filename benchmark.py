@@ -66,14 +66,29 @@ PRESETS["zoo"] = Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1, 2, 3], 
 PRESETS["fashionmnist-zoo"] = Grid(datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3],
                                    epochs={"fashionmnist": 8}, forget=[(-1, 5400), (0, None)], unlearn=ZOO_NEW,
                                    extra_base=["--decreasing_lr", "4,6"], extra=["--mia_svc_max", "2000"])
+# backdoor cleansing (main_backdoor.py): 10% of the training set poisoned (as Unlearn-Sparse's 4,500 of
+# 45,000) towards class 0; the trigger is Unlearn-Sparse's patch made visible on a black background
+# (white), 2 pixels in the corner of the 8x8 digits, its 4 pixels 2 in from the corner on Fashion-MNIST;
+# one lr and epoch count for all, as digits-quick and fashionmnist
+BACKDOOR_METHODS = ["FT", "FT+VarGrad", "GA", "GA+VarGrad", "RL", "RL+VarGrad", "SalUn"]
+PRESETS["backdoor"] = Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1, 2, 3], epochs={"digits": 30},
+                           forget=[(0, 120)], unlearn=BACKDOOR_METHODS, unlearn_lr=[0.01], unlearn_epochs=[5],
+                           backdoor=["--trigger_size", "2", "--trigger_margin", "0", "--trigger_pattern", "white"])
+PRESETS["fashionmnist-backdoor"] = Grid(
+    datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3], epochs={"fashionmnist": 8}, forget=[(0, 5400)],
+    unlearn=BACKDOOR_METHODS, unlearn_lr=[0.001], unlearn_epochs=[3], extra_base=["--train_decreasing_lr", "4,6"],
+    extra=["--mia_svc_max", "2000"], backdoor=["--trigger_size", "4", "--trigger_pattern", "white"])
 # presets that train exactly the models of another: they share its checkpoints folder (beside --out)
 SHARES_MODELS_WITH = {"zoo": "digits-quick", "fashionmnist-zoo": "fashionmnist"}
 TABLE = ["UA", "RA", "TA", "MIA"]  # shown as mean +- std (gap to ideal)
+BACKDOOR_TABLE = ["ASR"]  # backdoor runs add the attack success rate
 EXTRA = ["rUA", "FID_forget", "avg_gap", "RTE"]
 
 
 def scenario_of(params: dict) -> str:
     c, n = params.get("param.class_to_replace", "0"), params.get("param.num_indexes_to_replace", "None")
+    if params.get("param.trigger_size") not in (None, ""):
+        return f"backdoor target {c} N={n}"
     return f"random N={n}" if c == "-1" else (f"class {c}" if n in ("None", "") else f"class {c} N={n}")
 
 
@@ -122,15 +137,16 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, dict]]:
     for scen, methods in by.items():
         table: dict[str, dict] = {}
         per_seed = {r["seed"]: r for runs in methods.values() for r in runs}  # one reference row per seed
-        ideal = {k: [r.get(f"ideal/{k}", float("nan")) for r in per_seed.values()] for k in TABLE}
+        cols = TABLE + (BACKDOOR_TABLE if any("ASR" in r for r in per_seed.values()) else [])
+        ideal = {k: [r.get(f"ideal/{k}", float("nan")) for r in per_seed.values()] for k in cols}
         ideal |= {"rUA": [1.0], "FID_forget": [0.0], "avg_gap": [0.0],
                   "RTE": [ideal_train_time(r["ideal_checkpoint"]) for r in per_seed.values()]}
         table["Ideal (retrain)"] = {k: mean_std(v) for k, v in ideal.items()} | {"n": len(per_seed)}
-        orig = {k: [r.get(f"original/{k}", float("nan")) for r in per_seed.values()] for k in TABLE}
+        orig = {k: [r.get(f"original/{k}", float("nan")) for r in per_seed.values()] for k in cols}
         table["Original"] = {k: mean_std(v) for k, v in orig.items()} | {"rUA": (0.0, 0.0), "n": len(per_seed)}
         for name in sorted(methods):
             runs = methods[name]
-            table[name] = {k: mean_std([r.get(k, float("nan")) for r in runs]) for k in TABLE + EXTRA}
+            table[name] = {k: mean_std([r.get(k, float("nan")) for r in runs]) for k in cols + EXTRA}
             table[name]["n"] = len(runs)
             table[name]["bn_stats"] = ",".join(sorted({r.get("bn_stats", "update") for r in runs}))
             hist = [r["kept_history"] for r in runs if r["kept_history"]]
@@ -139,6 +155,11 @@ def aggregate(rows: list[dict]) -> dict[str, dict[str, dict]]:
                 table[name]["kept_history"] = np.mean([h[:width] for h in hist], axis=0).tolist()
         out[scen] = table
     return out
+
+
+def table_columns(results: dict[str, dict[str, dict]]) -> list[str]:
+    """The table's metric columns: TABLE, and ASR where backdoor runs are summarised."""
+    return TABLE + (BACKDOOR_TABLE if any("ASR" in t["Original"] for t in results.values()) else [])
 
 
 def fmt(ms: tuple[float, float], gap: float | None = None, digits: int = 2) -> str:
@@ -151,10 +172,11 @@ def fmt(ms: tuple[float, float], gap: float | None = None, digits: int = 2) -> s
 
 def markdown(scen: str, table: dict[str, dict]) -> str:
     ideal = table["Ideal (retrain)"]
-    head = "| Method | " + " | ".join(TABLE) + " | rUA | FID (forget) | Avg. Gap | RTE (s) | seeds |"
-    lines = [f"### {scen}", "", head, "|" + "---|" * (len(TABLE) + 6)]
+    cols = table_columns({scen: table})
+    head = "| Method | " + " | ".join(cols) + " | rUA | FID (forget) | Avg. Gap | RTE (s) | seeds |"
+    lines = [f"### {scen}", "", head, "|" + "---|" * (len(cols) + 6)]
     for name, row in table.items():
-        cells = [fmt(row[k], abs(row[k][0] - ideal[k][0]) if name != "Ideal (retrain)" else 0.0) for k in TABLE]
+        cells = [fmt(row[k], abs(row[k][0] - ideal[k][0]) if name != "Ideal (retrain)" else 0.0) for k in cols]
         cells += [fmt(row.get(k, (float("nan"), 0)), digits=3 if k == "rUA" else 2) for k in EXTRA]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['n']} |")
     lines.append("")
@@ -162,7 +184,9 @@ def markdown(scen: str, table: dict[str, dict]) -> str:
     lines.append("UA, RA, TA, MIA in %: mean ± std over seeds (|gap| to the ideal model). rUA: 1 = the ideal "
                  "model's UA. FID: to the ideal model's logits on the forget set. RTE: unlearning wall time "
                  f"(ideal: retraining time). Batch-norm running statistics during unlearning (`--bn_stats`): "
-                 f"{', '.join(bn) or 'update'}.")
+                 f"{', '.join(bn) or 'update'}."
+                 + (" ASR: attack success rate, % of triggered test images of the other classes classified "
+                    "as the target (Original: the backdoored model)." if "ASR" in cols else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -175,7 +199,7 @@ def write_outputs(results: dict[str, dict[str, dict]], out: Path) -> list[Path]:
     written = []
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        keys = TABLE + EXTRA
+        keys = table_columns(results) + EXTRA
         w.writerow(["scenario", "method", "seeds", "bn_stats"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
         for scen, table in results.items():
             for name, row in table.items():

@@ -34,7 +34,7 @@ from pathlib import Path
 import tracking
 from utils import REPO, UserError, command_hash, script_argv
 
-SCRIPTS = ("main_baseline.py", "main_ideal.py", "mlflow_forget.py")
+SCRIPTS = ("main_baseline.py", "main_ideal.py", "mlflow_forget.py", "main_backdoor.py")
 FINISHED = "attributes.status = 'FINISHED'"
 
 
@@ -57,6 +57,10 @@ class Grid:
     save_root: str = "./results"
     extra_base: list[str] = field(default_factory=list)  # more main_baseline/main_ideal arguments
     extra: list[str] = field(default_factory=list)  # more mlflow_forget arguments
+    # backdoor cleansing instead of forgetting: main_backdoor.py lines with these trigger flags, each
+    # forget pair (C, N) then the target class and the number of poisoned samples; extra_base (the
+    # training recipe) goes on every line, since each main_backdoor.py line names its models' recipe
+    backdoor: list[str] | None = None
 
     def save_dir(self, dataset: str) -> str:
         return f"{self.save_root}/{dataset}"
@@ -103,11 +107,18 @@ def generate(grid: Grid, python: str = "python -u") -> tuple[list[str], list[str
     base, params = [], []
     for d, arch, seed in itertools.product(grid.datasets, grid.archs, grid.seeds):
         common = ["--data", grid.data, "--dataset", d, "--arch", arch, "--seed", str(seed),
-                  "--epochs", str(grid.epochs[d]), "--save_dir", grid.save_dir(d), *grid.extra_base]
-        base.append(shlex.join(["main_baseline.py", *common]))
+                  "--epochs", str(grid.epochs[d]), "--save_dir", grid.save_dir(d)]
+        if grid.backdoor is None:
+            base.append(shlex.join(["main_baseline.py", *common, *grid.extra_base]))
         for c, n in grid.forget:
             forget = ["--class_to_replace", str(c), *_flag("num_indexes_to_replace", n)]
-            base.append(shlex.join(["main_ideal.py", *common, *forget]))
+            if grid.backdoor is None:
+                script = "mlflow_forget.py"
+                base.append(shlex.join(["main_ideal.py", *common, *grid.extra_base, *forget]))
+            else:  # the backdoored and the ideal model train apart (the ideal never sees the poisoned set)
+                script, forget = "main_backdoor.py", [*forget, *grid.backdoor, *grid.extra_base]
+                base += [shlex.join(["main_backdoor.py", *common, *forget, "--train_only", which])
+                         for which in ("backdoored", "ideal")]
             for spec, lr, ep in itertools.product(grid.unlearn, grid.unlearn_lr, grid.unlearn_epochs):
                 m, a = parse_unlearn(spec)
                 # only the hyper-parameters this method and add-on have: no duplicate lines that differ
@@ -117,7 +128,7 @@ def generate(grid: Grid, python: str = "python -u") -> tuple[list[str], list[str
                 for values in itertools.product(*axes.values()):
                     hp = [x for k, v in zip(axes, values) for x in _flag(k, v)]
                     params.append(shlex.join([
-                        "mlflow_forget.py", "--save_dir", grid.save_dir(d), "--unlearn", spec,
+                        script, "--save_dir", grid.save_dir(d), "--unlearn", spec,
                         *_flag("unlearn_epochs", ep), *_flag("unlearn_lr", lr), "--data", grid.data,
                         "--dataset", d, "--seed", str(seed), "--arch", arch, "--epochs", str(grid.epochs[d]),
                         *forget, *hp, *grid.extra]))
@@ -144,6 +155,10 @@ def _parser_of(script: str) -> argparse.ArgumentParser:
         from unlearn import cli
 
         return cli.build_parser("")
+    if script == "main_backdoor.py":
+        import backdoor
+
+        return backdoor.build_parser("")
     import trainer
 
     return trainer.build_parser("")
@@ -179,7 +194,7 @@ def read_params(path: Path) -> list[Line]:
 def finished_hashes(lines: list[Line], tracking_uri: str | None) -> set[str]:
     """Hashes of lines already done: FINISHED MLflow runs, and base checkpoints on disk."""
     done: set[str] = set()
-    if any(line.argv[0] == "mlflow_forget.py" for line in lines):
+    if any(logs_to_mlflow(line) for line in lines):
         import mlruns_parser
 
         uri = tracking.resolve_uri(tracking_uri)
@@ -196,6 +211,12 @@ def finished_hashes(lines: list[Line], tracking_uri: str | None) -> set[str]:
                 if h and record.with_name(record.name.replace(".forget.json", ".pth.tar")).is_file():
                     done.add(h)
     return done
+
+
+def logs_to_mlflow(line: Line) -> bool:
+    """An unlearning line: mlflow_forget.py, or main_backdoor.py without --train_only."""
+    return line.argv[0] == "mlflow_forget.py" or (line.argv[0] == "main_backdoor.py"
+                                                   and "--train_only" not in line.argv)
 
 
 def _value(argv: list[str], flag: str) -> str | None:
@@ -237,7 +258,7 @@ def run_local(lines: list[Line], jobs: int, log_dir: Path, tracking_uri: str | N
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
     uri = tracking.resolve_uri(tracking_uri)
-    if any(line.argv[0] == "mlflow_forget.py" for line in lines):
+    if any(logs_to_mlflow(line) for line in lines):
         tracking.client(uri)  # builds a new sqlite store once, before the crowd
     done = finished_hashes(lines, uri)
     results = [Result(line, "skipped") for line in lines if line.hash in done]
@@ -342,7 +363,7 @@ def submit_files(files: list[tuple[Path, list[Line]]], opts: SlurmOptions, log_r
                  tracking_uri: str | None, dry_run: bool = False) -> list[tuple[Path, str | None]]:
     """Write one job-array script per params file and submit them in order, each depending on
     the one before (afterok). Returns (script, job id or None when dry_run)."""
-    if not dry_run and any(line.argv[0] == "mlflow_forget.py" for _, lines in files for line in lines):
+    if not dry_run and any(logs_to_mlflow(line) for _, lines in files for line in lines):
         tracking.client(tracking.resolve_uri(tracking_uri))  # build a new sqlite store before the tasks start
     out, previous = [], None
     for f, lines in files:

@@ -32,6 +32,7 @@ POLARITY = {
     "MIA_svc_samples": "none (a sample count)",
     "rUA": "closer to 1", "UA_gap": "lower", "FID_forget": "lower", "FID_test": "lower",
     "KL_forget": "lower", "KL_test": "lower", "avg_gap": "lower", "RTE": "lower", "eval_time": "lower",
+    "ASR": "lower",  # backdoor runs (main_backdoor.py): attack success rate
 }
 
 
@@ -116,7 +117,7 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
 def summary_table(unlearned: dict, original: dict | None, ideal: dict | None, name: str = "unlearned",
                   polarities: dict[str, str] = POLARITY) -> str:
     """One screen: original / unlearned / ideal side by side, with each metric's polarity."""
-    keys = ["UA", "RA", "TA", "VA", "TA_forgotten_class", "MIA", "MIA_entropy", "loss_MIA_auc"]
+    keys = ["UA", "RA", "TA", "VA", "TA_forgotten_class", "ASR", "MIA", "MIA_entropy", "loss_MIA_auc"]
     keys = [k for k in keys if k in unlearned]
 
     def cell(d, k):
