@@ -24,6 +24,31 @@ def run_script(*args: str, cwd: Path = REPO, env: dict | None = None,
     return proc
 
 
+def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run an entry script's __main__ in this process (no interpreter start-up: for the many
+    bad-input cases); exit status, stdout and stderr as run_script returns them."""
+    import contextlib
+    import io
+    import runpy
+    import traceback
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv = sys.argv
+    sys.argv = [script, *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(REPO / script), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="session")
 def digits_models(tmp_path_factory) -> dict:
     """Original model and the ideal models of a random (N=100) and a class (C=3) forget set."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EPOCHS, REPO, run_script
+from conftest import EPOCHS, REPO, run_in_process, run_script
 from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_bad_input(digits_models, tmp_path, change, message):
         first, *more = value.replace("{tmp}", str(tmp_path)).split()
         cmd[cmd.index(flag) + 1] = first
         cmd += more
-    proc = run_script(*cmd, check=False)
+    proc = run_in_process(*cmd)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import EPOCHS, run_script
+from conftest import EPOCHS, run_in_process, run_script
 
 from models import create_model
 from utils import UserError, load_checkpoint
@@ -84,7 +84,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--save_dir" not in args:
         args += ["--save_dir", str(tmp_path / "out")]
-    proc = run_script("main_baseline.py", "--epochs", "1", "--quiet", *args, check=False)
+    proc = run_in_process("main_baseline.py", "--epochs", "1", "--quiet", *args)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
