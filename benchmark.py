@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import math
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import sweep
 import tracking
@@ -85,102 +83,109 @@ BACKDOOR_TABLE = ["ASR"]  # backdoor runs add the attack success rate
 EXTRA = ["rUA", "FID_forget", "avg_gap", "RTE"]
 
 
-def scenario_of(params: dict) -> str:
+def scenario_of(params) -> str:
+    """The forget scenario of a run, from its parameters (a dict or a row of the runs frame)."""
     c, n = params.get("param.class_to_replace", "0"), params.get("param.num_indexes_to_replace", "None")
-    if params.get("param.trigger_size") not in (None, ""):
+    if pd.notna(params.get("param.trigger_size")) and params.get("param.trigger_size") not in (None, ""):
         return f"backdoor target {c} N={n}"
     return f"random N={n}" if c == "-1" else (f"class {c}" if n in ("None", "") else f"class {c} N={n}")
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    v = [x for x in values if x is not None and not math.isnan(x)]
-    if not v:
-        return float("nan"), float("nan")
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-
-
-def collect_runs(uri: str, hashes: set[str]) -> list[dict]:
-    """The finished runs of this benchmark's params lines (by command hash)."""
+def collect_runs(uri: str, hashes: set[str]) -> pd.DataFrame:
+    """The finished runs of this benchmark's params lines (by command hash): mlruns_parser's frame,
+    with the columns the tables group by (scenario, method, seed, bn_stats) and each run's
+    kept-share history."""
     import mlruns_parser
 
+    runs = mlruns_parser.frame(uri, None, sweep.FINISHED)
+    runs = runs[runs["command_hash"].isin(hashes)].reset_index(drop=True)
+    if runs.empty:
+        return runs
     c = tracking.client(uri)
-    rows = []
-    for run, exp in mlruns_parser.runs(uri, None, sweep.FINISHED):
-        if run.data.tags.get("command_hash") not in hashes:
-            continue
-        row = mlruns_parser.flat_row(run, exp)
-        row["seed"] = row["param.seed"]
-        row["run_name"] = spec_name(row["param.method"], row["param.addon"])
-        row["scenario"] = scenario_of(row)
-        row["kept_history"] = [m.value for m in sorted(c.get_metric_history(row["run_id"], "train/kept_share"),
-                                                       key=lambda m: m.step)]
-        row["ideal_checkpoint"] = run.data.tags.get("ideal_checkpoint")
-        row["bn_stats"] = row.get("param.bn_stats", "update")  # runs made before the flag existed updated them
-        rows.append(row)
-    return rows
+    return runs.assign(
+        seed=runs["param.seed"],
+        method=[spec_name(m, a) for m, a in zip(runs["param.method"], runs["param.addon"])],
+        scenario=runs.apply(scenario_of, axis=1),
+        # runs made before --bn_stats existed updated the statistics
+        bn_stats=runs.get("param.bn_stats", pd.Series("update", index=runs.index)).fillna("update"),
+        kept_history=[[m.value for m in sorted(c.get_metric_history(rid, "train/kept_share"), key=lambda m: m.step)]
+                      for rid in runs["run_id"]])
 
 
 def ideal_train_time(path: str | None) -> float:
     import torch
 
-    if not path or not Path(path).is_file():
+    if not isinstance(path, str) or not Path(path).is_file():
         return float("nan")
     return float(torch.load(path, map_location="cpu", weights_only=False).get("train_time_s", float("nan")))
 
 
-def aggregate(rows: list[dict]) -> dict[str, dict[str, dict]]:
-    """scenario -> method -> {metric: (mean, std)}, with the ideal and original models first."""
-    by = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        by[r["scenario"]][r["run_name"]].append(r)
-    out: dict[str, dict[str, dict]] = {}
-    for scen, methods in by.items():
-        table: dict[str, dict] = {}
-        per_seed = {r["seed"]: r for runs in methods.values() for r in runs}  # one reference row per seed
-        cols = TABLE + (BACKDOOR_TABLE if any("ASR" in r for r in per_seed.values()) else [])
-        ideal = {k: [r.get(f"ideal/{k}", float("nan")) for r in per_seed.values()] for k in cols}
-        ideal |= {"rUA": [1.0], "FID_forget": [0.0], "avg_gap": [0.0],
-                  "RTE": [ideal_train_time(r["ideal_checkpoint"]) for r in per_seed.values()]}
-        table["Ideal (retrain)"] = {k: mean_std(v) for k, v in ideal.items()} | {"n": len(per_seed)}
-        orig = {k: [r.get(f"original/{k}", float("nan")) for r in per_seed.values()] for k in cols}
-        table["Original"] = {k: mean_std(v) for k, v in orig.items()} | {"rUA": (0.0, 0.0), "n": len(per_seed)}
-        for name in sorted(methods):
-            runs = methods[name]
-            table[name] = {k: mean_std([r.get(k, float("nan")) for r in runs]) for k in cols + EXTRA}
-            table[name]["n"] = len(runs)
-            table[name]["bn_stats"] = ",".join(sorted({r.get("bn_stats", "update") for r in runs}))
-            hist = [r["kept_history"] for r in runs if r["kept_history"]]
-            if hist:
-                width = min(len(h) for h in hist)
-                table[name]["kept_history"] = np.mean([h[:width] for h in hist], axis=0).tolist()
-        out[scen] = table
-    return out
+def metric_columns(runs: pd.DataFrame) -> list[str]:
+    """The tables' metrics: TABLE, and ASR where backdoor runs are summarised."""
+    return TABLE + (BACKDOOR_TABLE if "ASR" in runs or "ASR_mean" in runs else [])
 
 
-def table_columns(results: dict[str, dict[str, dict]]) -> list[str]:
-    """The table's metric columns: TABLE, and ASR where backdoor runs are summarised."""
-    return TABLE + (BACKDOOR_TABLE if any("ASR" in t["Original"] for t in results.values()) else [])
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per scenario and method, the ideal and original models first (one reference row per
+    seed), then the methods by name: `seeds`, `bn_stats`, `<metric>_mean` and `<metric>_std` over
+    seeds, and `kept_history` (the add-ons' kept share per epoch, averaged over seeds)."""
+    cols = metric_columns(runs)
+    keys = cols + EXTRA
+    parts = []
+    for scen, group in runs.groupby("scenario", sort=False):
+        ref = group.drop_duplicates("seed")
+        ideal, orig = (ref.reindex(columns=[f"{prefix}/{k}" for k in cols]).set_axis(cols, axis=1)
+                       for prefix in ("ideal", "original"))
+        per_run = pd.concat([
+            ideal.assign(method="Ideal (retrain)", rUA=1.0, FID_forget=0.0, avg_gap=0.0,
+                         RTE=ref["ideal_checkpoint"].map(ideal_train_time)),
+            orig.assign(method="Original", rUA=0.0),
+            group.sort_values("method", kind="stable"),
+        ]).reindex(columns=keys + ["method", "bn_stats", "kept_history"]).astype({k: float for k in keys})
+        by = per_run.groupby("method", sort=False)
+        stats = by[keys].agg(["mean", "std"])
+        stats.columns = [f"{k}_{s}" for k, s in stats.columns]
+        for k in keys:  # one seed: std 0, as a spread of one value
+            stats[f"{k}_std"] = stats[f"{k}_std"].mask(stats[f"{k}_std"].isna() & stats[f"{k}_mean"].notna(), 0.0)
+        stats.insert(0, "bn_stats", by["bn_stats"].agg(lambda v: ",".join(sorted(set(v.dropna())))))
+        stats.insert(0, "seeds", by.size())
+        stats["kept_history"] = by["kept_history"].agg(_mean_history)
+        parts.append(stats.reset_index().assign(scenario=scen))
+    front = ["scenario", "method", "seeds", "bn_stats"]
+    out = pd.concat(parts, ignore_index=True)
+    return out[front + [c for c in out if c not in front]]
 
 
-def fmt(ms: tuple[float, float], gap: float | None = None, digits: int = 2) -> str:
-    m, s = ms
-    if math.isnan(m):
+def _mean_history(histories: pd.Series) -> list[float]:
+    """The element-wise mean of the runs' per-epoch histories, cut to the shortest; [] when none."""
+    hist = [h for h in histories if isinstance(h, list) and h]
+    if not hist:
+        return []
+    width = min(len(h) for h in hist)
+    return np.mean([h[:width] for h in hist], axis=0).tolist()
+
+
+def fmt(mean: float, std: float, gap: float | None = None, digits: int = 2) -> str:
+    if pd.isna(mean):
         return "-"
-    text = f"{m:.{digits}f} ± {s:.{digits}f}"
-    return text + (f" ({gap:.{digits}f})" if gap is not None and not math.isnan(gap) else "")
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text + (f" ({gap:.{digits}f})" if gap is not None and not pd.isna(gap) else "")
 
 
-def markdown(scen: str, table: dict[str, dict]) -> str:
-    ideal = table["Ideal (retrain)"]
-    cols = table_columns({scen: table})
+def markdown(scen: str, table: pd.DataFrame) -> str:
+    """One scenario's rows of the aggregate as the Markdown table of the SalUn paper's Table 1."""
+    cols = metric_columns(table)
+    ideal = table.set_index("method").loc["Ideal (retrain)"]
     head = "| Method | " + " | ".join(cols) + " | rUA | FID (forget) | Avg. Gap | RTE (s) | seeds |"
     lines = [f"### {scen}", "", head, "|" + "---|" * (len(cols) + 6)]
-    for name, row in table.items():
-        cells = [fmt(row[k], abs(row[k][0] - ideal[k][0]) if name != "Ideal (retrain)" else 0.0) for k in cols]
-        cells += [fmt(row.get(k, (float("nan"), 0)), digits=3 if k == "rUA" else 2) for k in EXTRA]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['n']} |")
+    for _, row in table.iterrows():
+        first = row["method"] == "Ideal (retrain)"
+        cells = [fmt(row[f"{k}_mean"], row[f"{k}_std"], 0.0 if first else abs(row[f"{k}_mean"] - ideal[f"{k}_mean"]))
+                 for k in cols]
+        cells += [fmt(row[f"{k}_mean"], row[f"{k}_std"], digits=3 if k == "rUA" else 2) for k in EXTRA]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['seeds']} |")
     lines.append("")
-    bn = sorted({row["bn_stats"] for row in table.values() if "bn_stats" in row})
+    bn = sorted({b for b in table["bn_stats"] if b})
     lines.append("UA, RA, TA, MIA in %: mean ± std over seeds (|gap| to the ideal model). rUA: 1 = the ideal "
                  "model's UA. FID: to the ideal model's logits on the forget set. RTE: unlearning wall time "
                  f"(ideal: retraining time). Batch-norm running statistics during unlearning (`--bn_stats`): "
@@ -190,41 +195,33 @@ def markdown(scen: str, table: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(results: dict[str, dict[str, dict]], out: Path) -> list[Path]:
+def write_outputs(results: pd.DataFrame, out: Path) -> list[Path]:
+    """summary.csv, the Markdown tables and the plots, all read from the aggregate frame."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-    with (out / "summary.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        keys = table_columns(results) + EXTRA
-        w.writerow(["scenario", "method", "seeds", "bn_stats"] + [f"{k}_{s}" for k in keys for s in ("mean", "std")])
-        for scen, table in results.items():
-            for name, row in table.items():
-                w.writerow([scen, name, row["n"], row.get("bn_stats", "")]
-                           + [x for k in keys for x in row.get(k, (float("nan"),) * 2)])
-    written.append(out / "summary.csv")
-    md = "\n".join(markdown(s, t) for s, t in results.items())
-    (out / "tables.md").write_text(md)
-    written.append(out / "tables.md")
-    for scen, table in results.items():
+    written = [out / "summary.csv", out / "tables.md"]
+    results.drop(columns="kept_history").to_csv(written[0], index=False, na_rep="nan")
+    scenarios = list(results.groupby("scenario", sort=False))
+    written[1].write_text("\n".join(markdown(s, t) for s, t in scenarios))
+    for scen, table in scenarios:
         slug = scen.replace(" ", "_").replace("=", "")
         (out / f"table_{slug}.md").write_text(markdown(scen, table))
         written.append(out / f"table_{slug}.md")
         # UA versus TA: the trade-off, with the ideal model marked
         fig, ax = plt.subplots(figsize=(6, 4.5))
         colours, markers = plt.get_cmap("tab10").colors, "os^DvP<>hp"
-        for i, (name, row) in enumerate(table.items()):
-            (ta, ta_s), (ua, ua_s) = row["TA"], row["UA"]
-            if math.isnan(ta):
+        for i, row in enumerate(table.itertuples()):
+            if pd.isna(row.TA_mean):
                 continue
             style = {"Ideal (retrain)": dict(marker="*", s=250, c="gold", edgecolors="k", zorder=5),
                      "Original": dict(marker="X", s=120, c="grey", zorder=4)}.get(
-                name, dict(s=60, color=colours[i % 10], marker=markers[i % len(markers)], alpha=0.85))
-            ax.errorbar(ta, ua, xerr=ta_s, yerr=ua_s, fmt="none", ecolor="lightgrey", zorder=1)
-            ax.scatter(ta, ua, label=name, **style)
+                row.method, dict(s=60, color=colours[i % 10], marker=markers[i % len(markers)], alpha=0.85))
+            ax.errorbar(row.TA_mean, row.UA_mean, xerr=row.TA_std, yerr=row.UA_std, fmt="none", ecolor="lightgrey",
+                        zorder=1)
+            ax.scatter(row.TA_mean, row.UA_mean, label=row.method, **style)
         ax.set_xlabel("TA, test accuracy (%)  - higher is better")
         ax.set_ylabel("UA, unlearning accuracy (%)  - closer to ideal")
         ax.set_title(f"UA vs TA, {scen}")
@@ -234,10 +231,9 @@ def write_outputs(results: dict[str, dict[str, dict]], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(out / f"tradeoff_{slug}.png")
         # Avg. Gap per method
-        names = [n for n in table if n not in ("Ideal (retrain)", "Original")]
+        methods = table[~table["method"].isin(["Ideal (retrain)", "Original"])]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(names, [table[n]["avg_gap"][0] for n in names], yerr=[table[n]["avg_gap"][1] for n in names],
-               color="tab:blue", capsize=3)
+        ax.bar(methods["method"], methods["avg_gap_mean"], yerr=methods["avg_gap_std"], color="tab:blue", capsize=3)
         ax.set_ylabel("Avg. Gap to ideal (points) - lower")
         ax.set_title(f"Avg. Gap, {scen}")
         ax.tick_params(axis="x", rotation=35, labelsize=8)
@@ -247,11 +243,10 @@ def write_outputs(results: dict[str, dict[str, dict]], out: Path) -> list[Path]:
         written.append(out / f"avg_gap_{slug}.png")
     # kept share per epoch of the add-on runs
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for scen, table in results.items():
-        for name, row in table.items():
-            if "kept_history" in row:
-                h = row["kept_history"]
-                ax.plot(range(1, len(h) + 1), h, marker="o", label=f"{name}, {scen}")
+    for row in results.itertuples():
+        if row.kept_history:
+            ax.plot(range(1, len(row.kept_history) + 1), row.kept_history, marker="o",
+                    label=f"{row.method}, {row.scenario}")
     if ax.lines:
         ax.set_xlabel("unlearning epoch")
         ax.set_ylabel("share of coordinates kept")
@@ -308,7 +303,7 @@ def main() -> None:
         if failed:
             print(f"warning: {failed} lines failed; the tables use the runs that finished")
     rows = collect_runs(uri, {line.hash for line in param_lines})
-    if not rows:
+    if rows.empty:
         raise UserError(f"no finished runs of preset {a.preset} in {uri}; run without --report_only first")
     written = write_outputs(aggregate(rows), out)
     print(f"{len(rows)} runs summarised in {time.perf_counter() - t0:.0f} s:")

@@ -200,8 +200,7 @@ def finished_hashes(lines: list[Line], tracking_uri: str | None) -> set[str]:
         uri = tracking.resolve_uri(tracking_uri)
         db = tracking.sqlite_path(uri)
         if db is None or db.is_file():
-            done |= {r.data.tags["command_hash"] for r, _ in mlruns_parser.runs(uri, None, FINISHED)
-                     if "command_hash" in r.data.tags}
+            done |= set(mlruns_parser.frame(uri, None, FINISHED)["command_hash"].dropna())
     dirs = {Path(_value(line.argv, "--save_dir") or "./results") for line in lines
             if line.argv[0] != "mlflow_forget.py"}
     for d in dirs:

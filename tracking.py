@@ -56,17 +56,6 @@ def retry(fn, *args, **kw):
             time.sleep(0.2 * 2**attempt)
 
 
-def all_runs(c, experiment_ids: list[str], filter_string: str = ""):
-    """Every run of the experiments matching the filter, page by page."""
-    token = None
-    while experiment_ids:
-        page = retry(c.search_runs, experiment_ids, filter_string, max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
 def experiment_id(c, uri: str, name: str) -> str:
     """The id of experiment `name`, created on first use (artifacts beside a sqlite store)."""
     exp = retry(c.get_experiment_by_name, name)

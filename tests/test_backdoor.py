@@ -56,7 +56,7 @@ def test_default_trigger_is_unlearn_sparse_patch():
 
 def test_poisoned_set_is_the_random_forget_set_relabelled_and_stamped():
     data = load_data("digits", "./data", seed=1)
-    t = Trigger(2, 0, "br", "white")
+    t = WHITE_2X2
     poisoned, split = backdoor.poison(data, 1, 3, 120, t)
     want, _ = forget_indices(data.y_train.numpy(), data.train_idx.numpy(), 1, -1, 120, 10)
     assert np.array_equal(split.forget.numpy(), want)
@@ -108,7 +108,10 @@ def backdoored(tmp_path_factory) -> dict:
     return {"save": save, "path": path, "ideal": ideal, "uri": f"sqlite:///{save}/mlruns/mlflow.db"}
 
 
-def asr_and_ta(path, trigger=Trigger(2, 0, "br", "white")):
+WHITE_2X2 = Trigger(2, 0, "br", "white")
+
+
+def asr_and_ta(path, trigger=WHITE_2X2):
     ckpt = torch.load(path, weights_only=False)
     model = create_model("smallcnn", 10, 1)
     model.load_state_dict(ckpt["state_dict"])

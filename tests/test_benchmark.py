@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pandas as pd
 import pytest
 from conftest import run_script
 
@@ -40,17 +41,23 @@ def test_digits_test_preset_writes_csv_tables_and_plots(tmp_path):
 
 def test_aggregate_mean_std_and_gap():
     def row(seed, ua, method="GA"):
-        return {"scenario": "class 3", "run_name": method, "seed": str(seed), "UA": ua, "RA": 90.0, "TA": 80.0,
+        return {"scenario": "class 3", "method": method, "seed": str(seed), "UA": ua, "RA": 90.0, "TA": 80.0,
                 "MIA": 50.0, "rUA": ua / 100, "FID_forget": 1.0, "avg_gap": 2.0, "RTE": 1.0, "kept_history": [],
                 "ideal/UA": 100.0, "ideal/RA": 92.0, "ideal/TA": 81.0, "ideal/MIA": 100.0, "original/UA": 0.0,
-                "original/RA": 99.0, "original/TA": 82.0, "original/MIA": 0.0, "ideal_checkpoint": None}
-    table = aggregate([row(1, 60.0), row(2, 80.0)])["class 3"]
-    assert list(table)[:2] == ["Ideal (retrain)", "Original"]
-    assert table["GA"]["UA"][0] == 70.0 and table["GA"]["UA"][1] == pytest.approx(14.142, abs=1e-3)
+                "original/RA": 99.0, "original/TA": 82.0, "original/MIA": 0.0, "ideal_checkpoint": None,
+                "bn_stats": "update"}
+    table = aggregate(pd.DataFrame([row(1, 60.0), row(2, 80.0, "FT"), row(2, 80.0), row(1, 50.0, "FT")]))
+    assert list(table["method"]) == ["Ideal (retrain)", "Original", "FT", "GA"]
+    ga = table.set_index("method").loc["GA"]
+    assert ga["UA_mean"] == 70.0 and ga["UA_std"] == pytest.approx(14.142, abs=1e-3) and ga["seeds"] == 2
     assert "70.00 ± 14.14 (30.00)" in markdown("class 3", table)
-    assert table["GA"]["bn_stats"] == "update" and "(`--bn_stats`): update." in markdown("class 3", table)
-    frozen = aggregate([row(1, 60.0) | {"bn_stats": "freeze"}])["class 3"]
+    ideal = table.set_index("method").loc["Ideal (retrain)"]  # one reference row per seed
+    assert ideal["seeds"] == 2 and ideal["UA_mean"] == 100.0 and ideal["UA_std"] == 0.0 and ideal["rUA_mean"] == 1.0
+    assert ga["bn_stats"] == "update" and "(`--bn_stats`): update." in markdown("class 3", table)
+    frozen = aggregate(pd.DataFrame([row(1, 60.0) | {"bn_stats": "freeze"}]))
     assert "(`--bn_stats`): freeze." in markdown("class 3", frozen)
+    assert frozen.set_index("method").loc["GA", "UA_std"] == 0.0  # one seed: no spread, not NaN
+    assert "ASR" not in markdown("class 3", frozen)
 
 
 def test_benchmark_on_slurm_then_report_only(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import run_script
+from conftest import run_in_process, run_script
 from mlflow import MlflowClient
 from test_forget_cli import forget_cmd, only_run
 
@@ -87,20 +87,44 @@ def test_parser_keeps_finished_failed_and_running_runs(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     c = MlflowClient(tracking_uri=uri)
     exp = c.create_experiment("digits")
-    done = c.create_run(exp, run_name="GA")
+    done = c.create_run(exp, run_name="GA", tags={"command_hash": "abc", "forget_sha1": "f00", "num_forget": "100",
+                                                  "forget_mode": "random", "polarity.UA": "closer to ideal"})
     c.log_param(done.info.run_id, "unlearn", "GA")
+    c.log_param(done.info.run_id, "seed", "1")
     c.log_metric(done.info.run_id, "UA", 12.5)
     c.set_terminated(done.info.run_id, "FINISHED")
+    old = c.create_run(exp, run_name="FT")  # made before the num_forget tag: N from its parameters
+    c.log_param(old.info.run_id, "num_indexes_to_replace", "450")
+    c.log_param(old.info.run_id, "seed", "2")
+    c.set_terminated(old.info.run_id, "FINISHED")
     failed = c.create_run(exp, run_name="GA+Mask")
     c.set_tag(failed.info.run_id, "failure_reason", "non-finite unlearn loss")
     c.set_terminated(failed.info.run_id, "FAILED")
     running = c.create_run(exp, run_name="RL")
     out = tmp_path / "runs.csv"
     proc = run_script("mlruns_parser.py", "--tracking_uri", uri, "--output", str(out))
-    assert "3 runs" in proc.stdout
-    rows = {r["run_id"]: r for r in csv.DictReader(out.open())}
+    assert "4 runs" in proc.stdout
+    reader = csv.DictReader(out.open())
+    assert reader.fieldnames == ["run_id", "experiment", "run_name", "status", "start_time", "end_time",
+                                 "failure_reason", "command_hash", "forget_sha1", "forget_mode", "num_forget",
+                                 "checkpoint", "ideal_checkpoint", "git_commit", "command", "UA",
+                                 "param.num_indexes_to_replace", "param.seed", "param.unlearn"]
+    rows = {r["run_id"]: r for r in reader}
     assert rows[done.info.run_id]["status"] == "FINISHED" and rows[done.info.run_id]["UA"] == "12.5"
     assert rows[done.info.run_id]["param.unlearn"] == "GA" and rows[done.info.run_id]["start_time"]
+    assert rows[done.info.run_id]["command_hash"] == "abc" and rows[done.info.run_id]["forget_sha1"] == "f00"
+    assert rows[done.info.run_id]["num_forget"] == "100" and rows[old.info.run_id]["num_forget"] == "450"
+    assert rows[done.info.run_id]["experiment"] == "digits" and rows[done.info.run_id]["run_name"] == "GA"
+    assert list(csv.DictReader((tmp_path / "runs_polarity.csv").open())) == [
+        {"metric": "UA", "forget_mode": "random", "polarity": "closer to ideal"}]
+    seed1 = run_script("mlruns_parser.py", "--tracking_uri", uri, "--output", str(tmp_path / "s.csv"), "--filter",
+                       "params.seed = '1'")
+    assert "1 runs (1 FINISHED)" in seed1.stdout
+    assert [r["run_id"] for r in csv.DictReader((tmp_path / "s.csv").open())] == [done.info.run_id]
+    bad = run_in_process("mlruns_parser.py", "--tracking_uri", uri, "--filter", "params.seed =", "--output",
+                         str(tmp_path / "b.csv"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --filter 'params.seed ='")
+    assert not (tmp_path / "b.csv").exists()
     assert rows[failed.info.run_id]["status"] == "FAILED"
     assert rows[failed.info.run_id]["failure_reason"] == "non-finite unlearn loss"
     assert rows[running.info.run_id]["status"] == "RUNNING"
