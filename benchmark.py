@@ -76,6 +76,19 @@ PRESETS["fashionmnist-backdoor"] = Grid(
     datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3], epochs={"fashionmnist": 8}, forget=[(0, 5400)],
     unlearn=BACKDOOR_METHODS, unlearn_lr=[0.001], unlearn_epochs=[3], extra_base=["--train_decreasing_lr", "4,6"],
     extra=["--mia_svc_max", "2000"], backdoor=["--trigger_size", "4", "--trigger_pattern", "white"])
+PRESET_NOTES = {
+    "digits-quick": "8 methods and add-ons at one lr 0.01, 5 epochs; random N=100 and class 3; digits, 3 seeds "
+                    "(minutes on a CPU; the default)",
+    "fashionmnist": "digits-quick's methods plus SCRUB at lr 1e-3, 3 epochs; random N=5,400 and class 0; "
+                    "Fashion-MNIST, convnet, 3 seeds (about an hour on 2 CPU cores)",
+    "fashionmnist-test": "GA and GA+VarGrad on a 5% Fashion-MNIST subsample, 1 seed (what the tests run)",
+    "digits-test": "GA and GA+VarGrad, class 3, 1 seed, 5 training epochs (what the tests run)",
+    "cifar10-paper": "ResNet-18 on CIFAR-10, 182 epochs, each method's published recipe, 3 seeds (a GPU or --slurm)",
+    "zoo": "every method with its published recipe, digits, 3 seeds (shares digits-quick's models)",
+    "fashionmnist-zoo": "the zoo's newer methods on Fashion-MNIST, 3 seeds (shares fashionmnist's models)",
+    "backdoor": "backdoor cleansing (main_backdoor.py) on digits: FT, GA, RL, SalUn and +VarGrad, 3 seeds",
+    "fashionmnist-backdoor": "backdoor cleansing on Fashion-MNIST, the same methods, 3 seeds",
+}
 # presets that train exactly the models of another: they share its checkpoints folder (beside --out)
 SHARES_MODELS_WITH = {"zoo": "digits-quick", "fashionmnist-zoo": "fashionmnist"}
 TABLE = ["UA", "RA", "TA", "MIA"]  # shown as mean +- std (gap to ideal)
@@ -261,18 +274,21 @@ def write_outputs(results: pd.DataFrame, out: Path) -> list[Path]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="digits-quick", choices=sorted(PRESETS))
+    p.epilog = "presets:\n" + "\n".join(f"  {name:22s} {PRESET_NOTES[name]}" for name in sorted(PRESETS))
+    p.add_argument("--preset", default="digits-quick", choices=sorted(PRESETS), metavar="NAME",
+                   help="what to run (default digits-quick; the list below)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmark_results/PRESET)")
     p.add_argument("--data", default="./data", help="data folder (default ./data)")
     p.add_argument("--jobs", type=int, default=None, help="lines at a time (default: GPUs, else CPU cores)")
     p.add_argument("--report_only", action="store_true", help="only parse the store and write tables and plots")
-    p.add_argument("--quiet", action="store_true")
-    g = p.add_argument_group("Slurm (submit instead of running here)")
-    g.add_argument("--slurm", action="store_true")
-    g.add_argument("--partition", default=None)
-    g.add_argument("--gpus", type=int, default=1)
-    g.add_argument("--time", default="08:00:00")
-    g.add_argument("--max_parallel", type=int, default=8)
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the lines")
+    g = p.add_argument_group("Slurm (submit job arrays instead of running here; then rerun with --report_only)")
+    g.add_argument("--slurm", action="store_true", help="write and submit one job array per params file")
+    g.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    g.add_argument("--gpus", type=int, default=1, help="GPUs per task (default 1; 0 for CPU-only tasks)")
+    g.add_argument("--time", default="08:00:00", help="time limit per task, HH:MM:SS (default 08:00:00)")
+    g.add_argument("--max_parallel", type=int, default=8, help="tasks running at once, the K of --array=1-N%%K "
+                                                                 "(default 8)")
     a = p.parse_args()
     if a.jobs is not None and a.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {a.jobs}")

@@ -278,6 +278,14 @@ def stratified_subset(y: np.ndarray, share: float) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
+def _remove_empty_tree(root: Path) -> None:
+    """Remove `root` and the folders under it, if none holds a file."""
+    import shutil
+
+    if root.is_dir() and not any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def load_data(name: str, root: str | Path, seed: int, num_classes: int | None = None,
               no_aug: bool = False, subsample: float = 1.0) -> TensorData:
     """Load data set `name` from `root` into CPU tensors and hold out the validation set;
@@ -286,9 +294,15 @@ def load_data(name: str, root: str | Path, seed: int, num_classes: int | None = 
         raise UserError(f"unknown data set {name!r}; choices: {', '.join(sorted(DATASETS))}")
     spec = DATASETS[name]
     root = Path(root)
+    fresh = root.absolute()  # the outermost folder a download attempt would create, if any
+    while not fresh.parent.exists():
+        fresh = fresh.parent
+    fresh = None if fresh.exists() else fresh
     try:
         xtr, ytr, xte, yte = spec.load(root)
     except MissingData as e:
+        if fresh is not None:  # a failed download leaves no empty folders behind
+            _remove_empty_tree(fresh)
         raise UserError(f"data set {name} is not in {root.resolve()} and could not be downloaded ({e}); "
                         f"place {spec.files} in that folder") from None
     if not 0 < subsample <= 1:
@@ -349,9 +363,12 @@ def forget_indices(y: np.ndarray, train_idx: np.ndarray, seed: int, class_to_rep
         n = len(pool)
     if n < 1:
         raise UserError(f"--num_indexes_to_replace {n}: the forget set needs at least 1 sample")
-    if n > len(pool):
-        raise UserError(f"--num_indexes_to_replace {n} is larger than {where}, which has {len(pool)} "
-                        f"training samples (after the 10% validation hold-out); use at most {len(pool)}")
+    # random forgetting must leave a retain set (the ideal model trains on it); a whole class may go
+    most = len(pool) - 1 if c == -1 else len(pool)
+    if n > most:
+        keep = "; one must stay in the retain set" if c == -1 else ""
+        raise UserError(f"--num_indexes_to_replace {n} is larger than {where} allows: it has {len(pool)} "
+                        f"training samples (after the 10% validation hold-out){keep}; use at most {most}")
     rng = np.random.default_rng([seed, 2, c + 1, n])
     chosen = np.sort(rng.choice(pool, n, replace=False))
     mode = "random" if c == -1 else ("class" if n == len(pool) else "subset")

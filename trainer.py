@@ -44,11 +44,11 @@ def setup(args: argparse.Namespace):
     """Everything both scripts do before training: device, data, forget set, model."""
     utils.resolve_arch(args)
     validate_recipe(args)
-    save_dir = utils.check_writable(args.save_dir)
     device = utils.pick_device(args.gpu)
     utils.set_seed(args.seed)
     data = load_data(args.dataset, args.data, args.seed, args.num_classes, args.no_aug, args.subsample)
     split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
+    save_dir = utils.check_writable(args.save_dir)  # after the data: a missing data set creates no folder
     model = create_model(args.arch, data.num_classes, data.in_channels, args.imagenet_arch)
     return save_dir, device, data.to(device), split.to(device), model.to(device)
 
@@ -69,14 +69,26 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
           f"forget set: {split.info['mode']} C={args.class_to_replace} N={n}")
     history, best_epoch, wall = fit(model, data, train_idx, val_idx, recipe_of(args), args.seed, args.quiet, kind)
 
-    out = model_outputs(model, data, split.forget, split.retain, forgotten)
+    # the original model is scored on every class, as it was selected; the ideal model of class
+    # forgetting on the other classes (it never saw the forgotten one), as it was selected
+    scored = forgotten if ideal else None
+    out = model_outputs(model, data, split.forget, split.retain, scored)
     acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
     acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
     save(path, model, args, kind, split, acc, best_epoch, history, wall)
-    extra = f"  forget acc {acc['FA']:.2f}" if ideal else ""
-    print(f"done: {kind} model, best epoch {best_epoch}: train acc {acc['train']:.2f}  val acc {acc['VA']:.2f}  "
-          f"test acc {acc['TA']:.2f}{extra}  wall time {wall:.1f}s -> {path}")
+    print(f"done: {kind} model, best epoch {best_epoch}: {final_figures(acc, ideal, scored)}  wall time {wall:.1f}s "
+          f"-> {path}")
     return path
+
+
+def final_figures(acc: dict, ideal: bool, forgotten: int | None) -> str:
+    """The accuracies of a trained model, each saying what it covers."""
+    classes = "all classes" if forgotten is None else f"without class {forgotten}"
+    if ideal:  # its training set is D_R; D_F it never saw
+        trained = f"train acc {acc['RA']:.2f} (D_R, its training set)  forget acc {acc['FA']:.2f} (D_F, unseen)"
+    else:
+        trained = f"train acc {acc['train']:.2f} (D_F and D_R, its training set)"
+    return f"{trained}  val acc {acc['VA']:.2f} ({classes})  test acc {acc['TA']:.2f} ({classes})"
 
 
 def recipe_of(args) -> Recipe:

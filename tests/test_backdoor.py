@@ -81,7 +81,9 @@ def test_poisoned_set_is_the_random_forget_set_relabelled_and_stamped():
     (["--trigger_size", "8", "--trigger_margin", "1"], "does not fit in 8x8 images"),
     (["--class_to_replace", "10"], "backdoor's target class: give a class in [0, 10)"),
     (["--class_to_replace", "-1"], "backdoor's target class"),
-    (["--num_indexes_to_replace", "1218"], "larger than the training set, which has 1217"),
+    (["--num_indexes_to_replace", "1217"], "larger than the training set allows: it has 1217 training samples "
+                                           "(after the 10% validation hold-out); one must stay in the retain set; "
+                                           "use at most 1216"),
     (["--trigger_size", "0"], "size must be at least 1"),
 ])
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, flags, message):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import run_script
 
-from benchmark import PRESETS, aggregate, markdown
+from benchmark import PRESET_NOTES, PRESETS, aggregate, markdown
 from sweep import generate
 
 pytestmark = pytest.mark.slow
@@ -18,6 +18,7 @@ def test_presets_generate_valid_lines():
     for name, grid in PRESETS.items():
         base, params = generate(grid)
         assert base and params, name
+    assert set(PRESET_NOTES) == set(PRESETS)  # --help describes every preset
 
 
 def test_digits_test_preset_writes_csv_tables_and_plots(tmp_path):

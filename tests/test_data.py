@@ -67,7 +67,7 @@ def test_class_forgetting_takes_exactly_the_class(digits):
 @pytest.mark.parametrize("c, n, message", [
     (10, 5, "outside [-1, 10)"),
     (-2, 5, "outside [-1, 10)"),
-    (0, 10_000, "larger than class 0, which has"),
+    (0, 10_000, "larger than class 0 allows: it has"),
     (-1, 10_000, "larger than the training set"),
     (0, 0, "at least 1"),
     (-1, None, "needs --num_indexes_to_replace"),
@@ -76,6 +76,20 @@ def test_bad_forget_arguments(c, n, message):
     y = np.repeat(np.arange(10), 20)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         forget_indices(y, np.arange(len(y)), 0, c, n, 10)
+
+
+def test_forget_set_size_boundaries():
+    """Random forgetting keeps at least one retain sample; a whole class may go; one more is refused
+    with the limit the error names, and that limit works."""
+    y = np.repeat(np.arange(10), 20)
+    train = np.arange(len(y))
+    assert len(forget_indices(y, train, 0, -1, 199, 10)[0]) == 199
+    for n in (200, 201):
+        with pytest.raises(UserError, match="one must stay in the retain set; use at most 199$"):
+            forget_indices(y, train, 0, -1, n, 10)
+    assert len(forget_indices(y, train, 0, 4, 20, 10)[0]) == 20
+    with pytest.raises(UserError, match="class 4 allows: it has 20 training samples .*; use at most 20$"):
+        forget_indices(y, train, 0, 4, 21, 10)
 
 
 def test_missing_dataset_names_folder_and_file(tmp_path):

@@ -111,6 +111,7 @@ def test_divergence_marks_run_failed(digits_models, tmp_path):
     ({"--quantile": "0.55 --warmup_batches 1"}, "--warmup_batches must be at least 2"),
     ({"--unlearn": "RL --rl_mode both"}, "--rl_mode must be split or union"),
     ({"--unlearn": "FT --evaluate {tmp}/missing.pth.tar"}, "missing.pth.tar not found"),
+    ({"--mask": "{tmp}/mine.pth.tar"}, "(it writes {tmp}/1smallcnn_ep15model_SA_best.pth.tar; pass that as --mask)"),
 ])
 def test_bad_input(digits_models, tmp_path, change, message):
     cmd = forget_cmd(digits_models, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
@@ -120,7 +121,7 @@ def test_bad_input(digits_models, tmp_path, change, message):
         cmd += more
     proc = run_in_process(*cmd)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert message in proc.stderr.strip().splitlines()[-1]
+    assert message.replace("{tmp}", str(tmp_path)) in proc.stderr.strip().splitlines()[-1]
 
 
 def test_help_lists_registered_methods_and_addons():

@@ -54,9 +54,15 @@ def test_checkpoint_of_other_dataset_or_arch_is_refused(digits_models):
 
 
 def test_cpu_training_is_deterministic(tmp_path):
-    args = ["--dataset", "digits", "--epochs", "2", "--seed", "5", "--quiet", "--num_indexes_to_replace", "10"]
-    run_script("main_baseline.py", *args, "--save_dir", str(tmp_path / "a"))
+    args = ["--dataset", "digits", "--epochs", "2", "--seed", "5", "--quiet", "--class_to_replace", "3"]
+    proc = run_script("main_baseline.py", *args, "--save_dir", str(tmp_path / "a"))
     run_script("main_baseline.py", *args, "--save_dir", str(tmp_path / "b"))
+    # the final line's val acc is the best epoch's, on the same samples (all classes, also when a class is
+    # to be forgotten), and says so
+    epochs = [float(line.split("val acc ")[1].split()[0]) for line in proc.stdout.splitlines()
+              if line.startswith("epoch ")]
+    final = proc.stdout.strip().splitlines()[-1]
+    assert f"val acc {max(epochs):.2f} (all classes)" in final and "(D_F and D_R, its training set)" in final
     a = torch.load(tmp_path / "a" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -75,7 +81,7 @@ def test_resnet18_trains_on_digits(tmp_path):
     (["--arch", "alexnet"], "invalid choice: 'alexnet' (choose from"),
     (["--dataset", "imagenet"], "invalid choice: 'imagenet' (choose from"),
     (["--class_to_replace", "10"], "outside [-1, 10)"),
-    (["--num_indexes_to_replace", "5000"], "larger than class 0, which has"),
+    (["--num_indexes_to_replace", "5000"], "larger than class 0 allows: it has"),
     (["--class_to_replace", "-1", "--num_indexes_to_replace", "99999"], "larger than the training set"),
     (["--num_indexes_to_replace", "0"], "at least 1 sample"),
     (["--save_dir", "/proc/not_writable"], "is not writable"),
@@ -89,3 +95,4 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.rglob("*.pth.tar"))  # nothing trained, nothing written
+    assert not (tmp_path / "out").exists() and not (tmp_path / "nodata").exists()  # no folder left behind

@@ -145,8 +145,12 @@ class Forgetting:
 
     def original(self, args: argparse.Namespace) -> tuple[Path, dict]:
         path = original_path(args)
-        return path, utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch,
-                                           made_by=baseline_command(args, path))
+        made_by = baseline_command(args, path)
+        written = utils.original_checkpoint_path(path.parent, args.seed, args.arch or utils.default_arch(args.dataset),
+                                                 args.epochs)
+        if written != path:  # a --mask of another name: say which name that command writes
+            made_by += f" (it writes {written}; pass that as --mask)"
+        return path, utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch, made_by=made_by)
 
     def data(self, args: argparse.Namespace, ckpt: dict, device):
         data = load_data(args.dataset, args.data, args.seed, ckpt["num_classes"], args.no_aug, args.subsample)
@@ -215,10 +219,10 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
     if trained_on != args.subsample:
         raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
                         f"{args.subsample}: pass the same share")
-    save_dir = utils.check_writable(args.save_dir)
     device = utils.pick_device(args.gpu)
     utils.set_seed(args.seed)
     data, split = scenario.data(args, ckpt, device)
+    save_dir = utils.check_writable(args.save_dir)  # after the data: a missing data set creates no folder
     try:
         check_sets(method, addon, len(split.forget), len(split.retain))
     except ValueError as e:
