@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,16 +28,35 @@ from errors import UserError  # noqa: F401  (re-exported: the entry scripts rais
 REPO = Path(__file__).resolve().parent
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM (Slurm's pre-emption and time-limit signal), raised in the main thread so
+    that a run can end as KILLED, saying which signal, before the process exits."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.signame = signum, signal.Signals(signum).name
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def run_main(main: Callable[[], Any]) -> None:
-    """Run an entry script's main(); a UserError becomes `error: ...` and exit 2."""
+    """Run an entry script's main(); a UserError becomes `error: ...` and exit 2; SIGINT and SIGTERM
+    become one `interrupted by SIG...` line and exit 128 + the signal's number."""
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        sys.exit(128 + signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------- device, seed

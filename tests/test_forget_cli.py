@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,6 +82,28 @@ def test_main_forget_is_the_same_run_without_mlflow(digits_models, tmp_path):
         {k: v for k, v in r.data.params.items() if k not in differ}
     assert record["tags"]["forget_sha1"] == r.data.tags["forget_sha1"]
     assert Path(record["tags"]["checkpoint"]).is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_run_killed_not_failed_and_the_sweep_reruns_it(digits_models, tmp_path, sig):
+    """SIGTERM is Slurm's pre-emption and time-limit signal; SIGINT is Ctrl-C."""
+    import sweep
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd = forget_cmd(digits_models, uri, "--unlearn", "FT", "--unlearn_epochs", "500")
+    proc = subprocess.Popen([sys.executable, "-u", *cmd], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:  # wait until it is unlearning
+        if line.startswith("epoch 1/"):
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig
+    assert err.count("interrupted") == 1 and f"interrupted by {sig.name}" in err and "Traceback" not in err
+    _, r = only_run(uri)
+    assert r.info.status == "KILLED" and r.data.tags["failure_reason"] == f"interrupted by {sig.name}"
+    line = sweep.Line(1, shlex.join(cmd), cmd)
+    assert r.data.tags["command_hash"] == line.hash and line.hash not in sweep.finished_hashes([line], uri)
 
 
 def test_default_store_is_sqlite_under_mlruns(digits_models, tmp_path):

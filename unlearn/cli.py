@@ -343,6 +343,9 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
         print(f"error: {spec} diverged: {e}; lower --unlearn_lr or --unlearn_epochs "
               f"(run {tracker.id} marked FAILED)", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM through utils.run_main: not a failure of the run
+        tracker.end("KILLED", f"interrupted by {getattr(e, 'signame', 'SIGINT')}")
+        raise
     except BaseException as e:
         tracker.end("FAILED", f"{type(e).__name__}: {e}")
         raise
