@@ -189,8 +189,7 @@ class Backdoor(cli.Forgetting):
         utils.resolve_arch(args)
         data, split = self.data(args)
         path = Path(args.mask) if args.mask else checkpoint_path(args, len(split.forget), "backdoored")
-        if not path.is_file():
-            self.train(args, "backdoored", path)
+        self.train_missing(args, "backdoored", path)
         ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch)
         self._same_poison(path, ckpt, split)
         return path, ckpt
@@ -209,6 +208,16 @@ class Backdoor(cli.Forgetting):
             raise UserError(f"{path} was trained on another poisoned set (target {theirs.get('target')}, "
                             f"N={theirs.get('num_indexes_to_replace')}, trigger {theirs.get('trigger')}) than "
                             "these flags describe: pass the matching --mask, or another --save_dir to train one")
+
+    def train_missing(self, args: argparse.Namespace, which: str, path: Path) -> None:
+        """Train the model when `path` does not hold it yet; of two runs that need it at once, one
+        trains it and the other waits and reuses it."""
+        if path.is_file():
+            return
+        utils.check_writable(path.parent)
+        with utils.exclusive(path):
+            if not path.is_file():
+                self.train(args, which, path)
 
     def train(self, args: argparse.Namespace, which: str, path: Path) -> Path:
         """Train the backdoored model (on the whole poisoned training set) or the ideal one (on the
@@ -276,9 +285,7 @@ def main(args: argparse.Namespace, store: str = "mlflow") -> dict | Path:
     else:
         _, split = scenario.data(args)
         path = checkpoint_path(args, len(split.forget), "ideal")
-        if path.is_file():
-            scenario._same_poison(path, utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch), split)
-        else:
-            scenario.train(args, "ideal", path)
+        scenario.train_missing(args, "ideal", path)
+        scenario._same_poison(path, utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch), split)
     print(f"{args.train_only} model: {path}")
     return path

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 import tracking
-from utils import UserError, run_main
+from utils import UserError, run_main, temporary_name
 
 FIXED = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "failure_reason"]
 # tags a user groups and audits by, as columns of their own name
@@ -85,7 +85,7 @@ def write_csv(runs: pd.DataFrame, path: Path) -> Path:
     pol = path.with_name(f"{path.stem}_polarity.csv")
     for frame_, target in ((runs.drop(columns=[c for c in runs if c.startswith("polarity.")]), path),
                            (polarity_table(runs), pol)):
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = temporary_name(target)
         frame_.to_csv(tmp, index=False)
         tmp.replace(target)
     return pol

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 
@@ -62,6 +63,28 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
     else:
         path = utils.original_checkpoint_path(save_dir, args.seed, args.arch, args.epochs)
         train_idx, kind = data.train_idx, "original"
+    started = time.time()
+    with utils.exclusive(path):  # of two runs training this model at once, the second reuses the first's
+        if made_since(path, started, split):
+            print(f"{kind} model: another run trained {path} while this one waited for it; reusing it")
+            return path
+        return _train(args, kind, path, data, split, model, train_idx, ideal)
+
+
+def made_since(path: Path, started: float, split: ForgetSplit) -> bool:
+    """Whether `path` was written after `started` for this forget set (by a concurrent run)."""
+    record = forget_record_path(path)
+    if not (path.is_file() and record.is_file() and path.stat().st_mtime >= started):
+        return False
+    try:
+        return json.loads(record.read_text()).get("forget_sha1") == split.info["forget_sha1"]
+    except (OSError, ValueError):
+        return False
+
+
+def _train(args, kind: str, path: Path, data, split: ForgetSplit, model, train_idx, ideal: bool) -> Path:
+    n = split.info["num_indexes_to_replace"]
+    device = data.x_train.device
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     val_idx = selection_idx(data, forgotten if ideal else None)
     print(f"{kind} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,35 @@ def check_writable(save_dir: str | Path) -> Path:
     return path
 
 
+def temporary_name(path: Path) -> Path:
+    """A temporary name beside `path`, unique to this writer (process and call), for write + rename."""
+    import uuid
+
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write atomically (temp file + rename) so an interrupted save never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically (a writer's own temp file + rename) so an interrupted save never leaves half a
+    checkpoint, and two writers never write into the same file."""
+    tmp = temporary_name(path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive lock on `path` (through `path`.lock) while the block runs: of two processes
+    making the same file, the second waits and can then reuse what the first made."""
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str | None = None,
@@ -166,9 +191,12 @@ def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str |
 
 
 def write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------ command identity

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import utils
 from evaluation.accuracy import Outputs, accuracies, model_outputs, utility_view
 from evaluation.closeness import avg_gap, logit_fid, mean_kl, relative_ua
 from evaluation.mia import loss_attack, per_sample_loss, svc_mia
@@ -97,6 +98,14 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
     metric version), so a sweep of many runs evaluates each reference once."""
     key = _fingerprint(path, split.info, forgotten, svc_max)
     cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.eval_{key}.pt")
+    try:
+        with utils.exclusive(cache):  # of runs starting together, one evaluates and the others read its cache
+            return _cached_reference(cache, build_model, data, split, forgotten, seed, svc_max)
+    except OSError:  # a read-only folder of references: no lock, no cache; computed here
+        return _cached_reference(cache, build_model, data, split, forgotten, seed, svc_max)
+
+
+def _cached_reference(cache: Path, build_model, data, split, forgotten, seed, svc_max):
     if cache.is_file():
         try:
             saved = torch.load(cache, weights_only=False)
@@ -105,7 +114,7 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
             pass
     out = model_outputs(build_model(), data, split.forget, split.retain, forgotten)
     metrics = model_metrics(out, seed, svc_max)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    tmp = utils.temporary_name(cache)
     try:
         torch.save({"metrics": metrics, "outputs": vars(out)}, tmp)
         os.replace(tmp, cache)

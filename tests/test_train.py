@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import EPOCHS, run_in_process, run_script
+from conftest import EPOCHS, REPO, run_in_process, run_script
 
 from models import create_model
 from utils import UserError, load_checkpoint
@@ -66,6 +68,21 @@ def test_cpu_training_is_deterministic(tmp_path):
     a = torch.load(tmp_path / "a" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "b" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_runs_training_the_same_model_at_once_train_it_once(tmp_path):
+    """Two sweep lines that need the same original model: one trains it, the other waits and reuses it;
+    each writer has its own temporary file, so neither can corrupt the other's."""
+    cmd = [sys.executable, "-u", "main_baseline.py", "--dataset", "digits", "--epochs", "2", "--seed", "3", "--quiet",
+           "--save_dir", str(tmp_path)]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sorted("reusing it" in out for out in outs) == [False, True]
+    assert sum(out.count("epoch 1/2") for out in outs) == 1  # trained once
+    load_checkpoint(tmp_path / "3smallcnn_ep2model_SA_best.pth.tar", dataset="digits")
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_resnet18_trains_on_digits(tmp_path):
