@@ -177,12 +177,15 @@ def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str |
     if not path.is_file():
         hint = f"; create it with: {made_by}" if made_by else ""
         raise UserError(f"checkpoint {path} not found{hint}")
+    again = f"; remove it and make it again with: {made_by}" if made_by else "; remove it and make it again"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated or foreign file: say which file, not a traceback
-        raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from None
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UserError(f"checkpoint {path} could not be read, truncated or not a checkpoint ({type(e).__name__}"
+                        f"{': ' + reason if reason else ''}){again}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise UserError(f"checkpoint {path} is not a checkpoint of this toolkit (no state_dict)")
+        raise UserError(f"checkpoint {path} is not a checkpoint of this toolkit (no state_dict){again}")
     for key, want in (("dataset", dataset), ("arch", arch)):
         have = ckpt.get(key)
         if want is not None and have is not None and have != want:

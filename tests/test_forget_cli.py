@@ -150,6 +150,24 @@ def test_bad_input(digits_models, tmp_path, change, message):
     assert message.replace("{tmp}", str(tmp_path)) in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("damage", ["truncated", "foreign", "no_state_dict"])
+def test_a_damaged_checkpoint_is_named_with_how_to_make_it_again(digits_models, tmp_path, damage):
+    bad = tmp_path / f"1smallcnn_ep{EPOCHS}model_SA_best.pth.tar"
+    if damage == "truncated":
+        bad.write_bytes(digits_models["original"].read_bytes()[:5000])
+    elif damage == "foreign":
+        bad.write_text('{"not": "a checkpoint"}')
+    else:
+        torch.save({"weights": 1}, bad)
+    cmd = forget_cmd(digits_models, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    cmd[cmd.index("--mask") + 1] = str(bad)
+    proc = run_in_process(*cmd)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: checkpoint {bad} ")
+    assert "make it again with: python main_baseline.py" in line and f"--save_dir {tmp_path}" in line
+
+
 def test_help_lists_registered_methods_and_addons():
     out = run_script("mlflow_forget.py", "--help").stdout
     for name in ("VarGrad", "SCRUB", "BadTeacher", "NegGrad+", "--msteps", "--beta", "--kd_T", "--bn_stats",

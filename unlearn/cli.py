@@ -122,7 +122,7 @@ def find_ideal(args: argparse.Namespace, split, path: Path, command: str) -> tup
             raise UserError(f"--ideal {path} not found; create it with: {command}")
         print(f"note: no ideal model at {path}; rUA, FID, KL and Avg. Gap need it: {command}")
         return None, None
-    ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch)
+    ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch, made_by=command)
     if ckpt.get("seed") != args.seed:
         raise UserError(f"ideal model {path} was trained with seed {ckpt.get('seed')}, this run uses --seed "
                         f"{args.seed}: pass the ideal model of the same seed")
