@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import sweep
-from utils import REPO, UserError, run_main
+from utils import UserError, run_main
 
 
 def main() -> None:
@@ -71,7 +71,7 @@ def one_line(a) -> int:
     env = dict(os.environ)
     if a.tracking_uri:
         env["MLFLOW_TRACKING_URI"] = a.tracking_uri
-    return subprocess.run([sys.executable, "-u", str(REPO / line.argv[0]), *line.argv[1:]], env=env).returncode
+    return subprocess.run(sweep.command_of(line), env=env).returncode
 
 
 def submit_all(a, files) -> None:

@@ -238,6 +238,14 @@ def default_jobs() -> int:
     return torch.cuda.device_count() or os.cpu_count() or 1
 
 
+def command_of(line: Line) -> list[str]:
+    """What runs a line: its script and arguments, with --resume for the training scripts, so an
+    interrupted training continues where it stopped (the line's hash stays the line's own)."""
+    resume = ["--resume"] if line.argv[0] in ("main_baseline.py", "main_ideal.py") and "--resume" not in line.argv \
+        else []
+    return [sys.executable, "-u", str(REPO / line.argv[0]), *line.argv[1:], *resume]
+
+
 def run_line(line: Line, log: Path, env: dict[str, str]) -> Result:
     """Run one line from the repository root, its output to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -245,8 +253,7 @@ def run_line(line: Line, log: Path, env: dict[str, str]) -> Result:
     with log.open("w") as f:
         f.write(f"# line {line.number}: {line.text}\n")
         f.flush()
-        proc = subprocess.run([sys.executable, "-u", str(REPO / line.argv[0]), *line.argv[1:]],
-                              cwd=Path.cwd(), stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(command_of(line), cwd=Path.cwd(), stdout=f, stderr=subprocess.STDOUT, env=env)
     status = "ok" if proc.returncode == 0 else "failed"
     return Result(line, status, proc.returncode, log, time.perf_counter() - t0)
 

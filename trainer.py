@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,6 +31,10 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     utils.add_common_args(parser)
     utils.add_train_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from the state it saved after its last epoch "
+                             "({checkpoint}.resume.pt), to the same weights bit for bit (on the CPU); a finished "
+                             "checkpoint is never trained over (the sweep runner passes --resume)")
     return parser
 
 
@@ -68,6 +73,9 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
         if made_since(path, started, split):
             print(f"{kind} model: another run trained {path} while this one waited for it; reusing it")
             return path
+        if args.resume and path.is_file():
+            print(f"{kind} model: {path} is finished; --resume leaves it as it is")
+            return path
         return _train(args, kind, path, data, split, model, train_idx, ideal)
 
 
@@ -90,7 +98,9 @@ def _train(args, kind: str, path: Path, data, split: ForgetSplit, model, train_i
     print(f"{kind} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "
           f"{len(data.val_idx)} validation, {len(data.y_test)} test), device {device}, "
           f"forget set: {split.info['mode']} C={args.class_to_replace} N={n}")
-    history, best_epoch, wall = fit(model, data, train_idx, val_idx, recipe_of(args), args.seed, args.quiet, kind)
+    state = resume_path(path)
+    history, best_epoch, wall = fit(model, data, train_idx, val_idx, recipe_of(args), args.seed, args.quiet, kind,
+                                    state=state, resume=args.resume)
 
     # the original model is scored on every class, as it was selected; the ideal model of class
     # forgetting on the other classes (it never saw the forgotten one), as it was selected
@@ -99,6 +109,7 @@ def _train(args, kind: str, path: Path, data, split: ForgetSplit, model, train_i
     acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
     acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
     save(path, model, args, kind, split, acc, best_epoch, history, wall)
+    state.unlink(missing_ok=True)  # finished: nothing to resume
     print(f"done: {kind} model, best epoch {best_epoch}: {final_figures(acc, ideal, scored)}  wall time {wall:.1f}s "
           f"-> {path}")
     return path
@@ -129,10 +140,23 @@ def selection_idx(data, forgotten: int | None):
     return data.val_idx[data.y_train[data.val_idx] != forgotten]
 
 
-def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool, kind: str):
+def resume_path(checkpoint: Path) -> Path:
+    """Where a training run keeps its resumable state, beside the checkpoint it will write."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pth.tar") + ".resume.pt")
+
+
+def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool, kind: str,
+        state: Path | None = None, resume: bool = False):
     """Train from the model's current weights on `train_idx` (FT through the loop) and reload the
-    epoch of best accuracy on `val_idx`; returns (history, best epoch, wall time in seconds)."""
+    epoch of best accuracy on `val_idx`; returns (history, best epoch, wall time in seconds).
+    With `state`, the loop's state and the best epoch so far are saved there after every epoch,
+    and `resume` continues from what is there."""
     best = {"val": -1.0, "epoch": 0, "state": None}
+    saved, spent = None, 0.0
+    if resume and state is not None and state.is_file():
+        saved = _load_state(state, recipe, seed)
+        best, spent = saved["best"], saved["wall"]
+        print(f"{kind} model: resuming after epoch {saved['loop']['epoch']} of {recipe.epochs} from {state}")
 
     def on_epoch_end(epoch: int, record: dict) -> dict:
         val = accuracy(logits_of(model, data, data.x_train[val_idx]), data.y_train[val_idx])
@@ -145,11 +169,33 @@ def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool,
 
     empty = torch.empty(0, dtype=torch.long, device=train_idx.device)
     t0 = time.perf_counter()
+
+    def on_state(loop: dict) -> None:
+        utils.save_checkpoint({"loop": loop, "best": best, "wall": spent + time.perf_counter() - t0,
+                               "recipe": dataclasses.asdict(recipe), "seed": seed}, state)
+
     _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, seed=seed, on_epoch_end=on_epoch_end,
-                     progress=not quiet, desc=kind)
-    wall = time.perf_counter() - t0
+                     progress=not quiet, desc=kind, on_state=on_state if state is not None else None,
+                     resume=saved["loop"] if saved else None)
+    wall = spent + time.perf_counter() - t0
     model.load_state_dict(best["state"])
     return history, best["epoch"], wall
+
+
+def _load_state(path: Path, recipe: Recipe, seed: int) -> dict:
+    """A resumable state, refused when damaged or made for another recipe or seed."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        ok = isinstance(saved, dict) and {"loop", "best", "recipe", "seed", "wall"} <= set(saved)
+    except Exception:  # truncated or foreign
+        ok = False
+    if not ok:
+        raise UserError(f"{path} is not a resumable training state (truncated or foreign): remove it and run "
+                        "again without --resume")
+    if saved["recipe"] != dataclasses.asdict(recipe) or saved["seed"] != seed:
+        raise UserError(f"{path} was saved by a run with another recipe or seed: remove it, or pass that run's "
+                        "arguments")
+    return saved
 
 
 def save(path: Path, model, args, kind: str, split: ForgetSplit, acc: dict, best_epoch: int,

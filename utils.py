@@ -220,8 +220,9 @@ def command_hash(argv: list[str]) -> str:
 
 
 def own_command_hash() -> str:
-    """The hash of the running script's own command line (what its params line hashes to)."""
-    return command_hash([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The hash of the running script's own command line (what its params line hashes to; the
+    sweep runner's added --resume is not part of the line)."""
+    return command_hash([Path(sys.argv[0]).name, *[a for a in sys.argv[1:] if a != "--resume"]])
 
 
 # --------------------------------------------------------------- argument groups

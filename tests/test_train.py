@@ -85,6 +85,43 @@ def test_two_runs_training_the_same_model_at_once_train_it_once(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_path):
+    import signal
+
+    import sweep
+
+    args = ["main_baseline.py", "--dataset", "digits", "--epochs", "8", "--seed", "4", "--quiet",
+            "--decreasing_lr", "3,6"]
+    name = "4smallcnn_ep8model_SA_best.pth.tar"
+    run_script(*args, "--save_dir", str(tmp_path / "whole"))
+    proc = subprocess.Popen([sys.executable, "-u", *args, "--save_dir", str(tmp_path / "cut")], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 3/8"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 143 and not (tmp_path / "cut" / name).exists()
+    assert (tmp_path / "cut" / name.replace(".pth.tar", ".resume.pt")).is_file()
+    # the sweep runner resumes a training line; the line's hash does not change
+    line = sweep.Line(1, " ".join(args), [*args, "--save_dir", str(tmp_path / "cut")])
+    assert sweep.command_of(line)[-1] == "--resume"
+    resumed = run_script(*line.argv, "--resume")
+    assert "resuming after epoch" in resumed.stdout and "epoch 1/8" not in resumed.stdout
+    whole = torch.load(tmp_path / "whole" / name, weights_only=False)
+    cut = torch.load(tmp_path / "cut" / name, weights_only=False)
+    assert all(torch.equal(whole["state_dict"][k], cut["state_dict"][k]) for k in whole["state_dict"])
+    assert [h["utility"] for h in whole["history"]] == [h["utility"] for h in cut["history"]]
+    assert cut["best_epoch"] == whole["best_epoch"]
+    assert not (tmp_path / "cut" / name.replace(".pth.tar", ".resume.pt")).exists()
+    record = json.loads((tmp_path / "cut" / name.replace(".pth.tar", ".forget.json")).read_text())
+    assert record["command_hash"] == line.hash
+    # a finished checkpoint is never trained over
+    again = run_script(*line.argv, "--resume")
+    assert "is finished; --resume leaves it as it is" in again.stdout
+    assert torch.load(tmp_path / "cut" / name, weights_only=False)["train_time_s"] == cut["train_time_s"]
+
+
 def test_resnet18_trains_on_digits(tmp_path):
     """The papers' command with --dataset digits in place of cifar10 and a smaller --epochs."""
     run_script("main_baseline.py", "--data", "./data", "--dataset", "digits", "--arch", "resnet18",

@@ -135,6 +135,16 @@ class _Stepper:
         else:
             self.adam = {k: [torch.zeros_like(p) for p in params] for k in ("m", "v", "t")}
 
+    def state(self) -> dict:
+        return {"bufs": [b.clone() for b in self.bufs]} if self.recipe.optimizer == "sgd" else \
+            {k: [t.clone() for t in v] for k, v in self.adam.items()}
+
+    def load(self, state: dict) -> None:
+        mine = {"bufs": self.bufs} if self.recipe.optimizer == "sgd" else self.adam
+        for k, tensors in mine.items():
+            for t, saved in zip(tensors, state[k], strict=True):
+                t.copy_(saved)
+
     def step(self, d: Grads, keep: list[Tensor] | None, lr: float) -> None:
         r = self.recipe
         if r.optimizer == "sgd":
@@ -270,7 +280,8 @@ def check_sets(method: Method, addon: Addon, n_forget: int, n_retain: int) -> No
 def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, addon: Addon | None = None,
         recipe: Recipe | None = None, *, seed: int | None = None,
         on_epoch_end: Callable[[int, dict], dict | None] | None = None,
-        progress: bool = True, desc: str = "") -> tuple[nn.Module, list[dict]]:
+        progress: bool = True, desc: str = "", on_state: Callable[[dict], None] | None = None,
+        resume: dict | None = None) -> tuple[nn.Module, list[dict]]:
     """Run `method` with `addon` on the model (in place) and return it with a per-epoch history.
 
     `data.batch(idx, train, generator)` turns index tensors into (inputs, labels); `forget`
@@ -278,6 +289,11 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     stream of batches (default: drawn from torch's global generator). `on_epoch_end(epoch,
     record)` may evaluate and return figures to add to that epoch's record; its time is
     not counted in `record["time_s"]`. Raises Diverged on a non-finite loss.
+
+    Resuming (what training from scratch needs; FT with no add-on, whose loop state is the
+    model, the optimizer state, the epoch and the generators): `on_state(state)` receives the
+    loop's state after each epoch (after `on_epoch_end`), and `resume=state` continues from it,
+    to the same weights bit for bit on the CPU as a run never stopped.
     """
     recipe = recipe or Recipe()
     addon = addon or NoAddon()
@@ -285,6 +301,9 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
         raise ValueError(f"{method.name} is not a loop method ({method.kind}): "
                          f"{'use unlearn.oneshot.apply' if method.kind == 'one-shot' else 'use trainer.fit'}")
     check_sets(method, addon, len(forget), len(retain))
+    if (on_state or resume) and (method.name != "FT" or addon.name != "none"):
+        raise ValueError(f"only FT with no add-on (training from scratch) can be resumed, not {method.name}+"
+                         f"{addon.name}")
     device = next(model.parameters()).device
     seed = int(torch.randint(2**62, ())) if seed is None else seed
     mine = _Stream(data, forget, retain, seed, device)
@@ -292,7 +311,7 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     method.adapt(model, mine.gen)
     try:
         return _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end,
-                    progress, desc)
+                    progress, desc, on_state, resume)
     finally:
         method.restore(model)
         model.eval()
@@ -305,7 +324,8 @@ def context(model: nn.Module, data, forget: Tensor, retain: Tensor, generator: t
                    None if mean is None else (mean, std), forgotten_class)
 
 
-def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end, progress, desc):
+def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end, progress, desc,
+         on_state=None, resume=None):
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), recipe.batch_size)
@@ -315,8 +335,16 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
     with bn:
         method.setup(context(model, data, forget, retain, mine.gen))
         addon.prepare(grads)
-        history = []
-        for epoch in range(recipe.epochs):
+        history, first = [], 0
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+            stepper.load(resume["optimizer"])
+            mine.gen.set_state(resume["generator"])
+            torch.set_rng_state(resume["torch_rng"])
+            if "cuda_rng" in resume:
+                torch.cuda.set_rng_state(resume["cuda_rng"], device)
+            history, first = list(resume["history"]), resume["epoch"]
+        for epoch in range(first, recipe.epochs):
             sync(device)
             t0 = time.perf_counter()
             record = _epoch(model, method, addon, recipe, epoch, mine, theirs, grads, stepper, progress, desc)
@@ -326,6 +354,11 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
                 record.update(on_epoch_end(epoch, record) or {})
                 model.train()
             history.append(record)
+            if on_state is not None:
+                on_state({"epoch": epoch + 1, "model": {k: v.clone() for k, v in model.state_dict().items()},
+                          "optimizer": stepper.state(), "generator": mine.gen.get_state(),
+                          "torch_rng": torch.get_rng_state(), "history": list(history),
+                          **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})})
     return model, history
 
 
