@@ -46,10 +46,15 @@ def client(uri: str):
 
 
 def retry(fn, *args, **kw):
-    """Call an MLflow function, retrying while a shared sqlite file is locked by another run."""
+    """Call an MLflow function, retrying while a shared sqlite file is locked by another run. A SIGINT
+    or SIGTERM arriving during the call takes effect after it, so that no store transaction is cut
+    in the middle (its lock would stay held, and the run could not be marked KILLED)."""
+    import utils
+
     for attempt in range(RETRIES):
         try:
-            return fn(*args, **kw)
+            with utils.signals_deferred():
+                return fn(*args, **kw)
         except Exception as e:  # MlflowException / OperationalError wrap the lock error
             if "locked" not in str(e).lower() or attempt == RETRIES - 1:
                 raise
@@ -79,7 +84,7 @@ class Run:
         self.uri = resolve_uri(uri)
         self.client = client(self.uri)
         exp = experiment_id(self.client, self.uri, experiment)
-        self.run = retry(self.client.create_run, exp, run_name=run_name, tags=tags)
+        self.run = retry(self.client.create_run, exp, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         self.id = self.run.info.run_id
         self.where = f"MLflow run {self.id} in {self.uri}"
 

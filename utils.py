@@ -38,8 +38,27 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.signame = signum, signal.Signals(signum).name
 
 
+_deferring = {"depth": 0, "pending": None}
+
+
 def _raise_interrupted(signum: int, frame) -> None:
+    if _deferring["depth"]:
+        _deferring["pending"] = signum
+        return
     raise Interrupted(signum)
+
+
+@contextmanager
+def signals_deferred():
+    """Hold run_main's SIGINT / SIGTERM until the block ends (a store call must not be cut in two)."""
+    _deferring["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferring["depth"] -= 1
+        if not _deferring["depth"] and _deferring["pending"] is not None:
+            signum, _deferring["pending"] = _deferring["pending"], None
+            raise Interrupted(signum)
 
 
 def run_main(main: Callable[[], Any]) -> None:

@@ -172,10 +172,10 @@ def test_run_logs_asr_before_and_after_and_the_benchmark_tables_it(backdoored, c
     assert f"ASR {before:.2f} -> {m['ASR']:.2f}" in capsys.readouterr().out
     rows = benchmark.collect_runs(backdoored["uri"], {run.data.tags["command_hash"]})
     table = benchmark.aggregate(rows)
-    assert list(table) == ["backdoor target 0 N=120"]
-    t = table["backdoor target 0 N=120"]
-    assert t["Original"]["ASR"][0] == pytest.approx(before) and t["GA"]["ASR"][0] == pytest.approx(m["ASR"])
-    assert "| Method | UA | RA | TA | MIA | ASR |" in benchmark.markdown("backdoor target 0 N=120", t)
+    assert set(table["scenario"]) == {"backdoor target 0 N=120"}
+    t = table.set_index("method")
+    assert t.loc["Original", "ASR_mean"] == pytest.approx(before) and t.loc["GA", "ASR_mean"] == pytest.approx(m["ASR"])
+    assert "| Method | UA | RA | TA | MIA | ASR |" in benchmark.markdown("backdoor target 0 N=120", table)
 
 
 def test_backdoor_presets_generate_training_then_unlearning_lines(tmp_path):
