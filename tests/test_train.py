@@ -122,6 +122,22 @@ def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_pat
     assert torch.load(tmp_path / "cut" / name, weights_only=False)["train_time_s"] == cut["train_time_s"]
 
 
+@pytest.mark.parametrize("state", ["damaged", "other recipe"])
+def test_a_bad_resumable_state_is_named_and_refused(tmp_path, state):
+    path = tmp_path / "4smallcnn_ep3model_SA_best.resume.pt"
+    if state == "damaged":
+        path.write_bytes(b"\x80\x02garbage")
+    else:
+        torch.save({"loop": {}, "best": {}, "wall": 0.0, "seed": 4, "recipe": {"lr": 0.5}}, path)
+    proc = run_in_process("main_baseline.py", "--dataset", "digits", "--epochs", "3", "--seed", "4", "--quiet",
+                          "--save_dir", str(tmp_path), "--resume")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path} ") and ("truncated or foreign" if state == "damaged" else
+                                                   "another recipe or seed") in line
+    assert not (tmp_path / "4smallcnn_ep3model_SA_best.pth.tar").exists()
+
+
 def test_resnet18_trains_on_digits(tmp_path):
     """The papers' command with --dataset digits in place of cifar10 and a smaller --epochs."""
     run_script("main_baseline.py", "--data", "./data", "--dataset", "digits", "--arch", "resnet18",
