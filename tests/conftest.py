@@ -24,9 +24,10 @@ def run_script(*args: str, cwd: Path = REPO, env: dict | None = None,
     return proc
 
 
-def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
-    """Run an entry script's __main__ in this process (no interpreter start-up: for the many
-    bad-input cases); exit status, stdout and stderr as run_script returns them."""
+def run_in_process(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run an entry script's __main__ in this process, from the repository root (no interpreter
+    and import start-up, a few seconds per run); exit status, stdout and stderr as run_script
+    returns them, and with `check` the same failure."""
     import contextlib
     import io
     import runpy
@@ -36,7 +37,7 @@ def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
     argv = sys.argv
     sys.argv = [script, *args]
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(str(REPO / script), run_name="__main__")
             except SystemExit as e:
@@ -46,6 +47,9 @@ def run_in_process(script: str, *args: str) -> subprocess.CompletedProcess:
                 code = 1
     finally:
         sys.argv = argv
+    if check and code != 0:
+        raise AssertionError(f"{' '.join([script, *args])} failed ({code}):\n{out.getvalue()[-3000:]}\n"
+                             f"{err.getvalue()[-3000:]}")
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 

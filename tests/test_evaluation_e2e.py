@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import run_in_process, run_script
+from conftest import run_in_process
 from mlflow import MlflowClient
 from test_forget_cli import forget_cmd, only_run
 
@@ -53,7 +53,7 @@ def test_ideal_against_itself_and_cache(digits_models):
 
 def test_run_logs_closeness_to_ideal_and_reference_figures(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    proc = run_script(*forget_cmd(digits_models, uri, "--unlearn", "NegGrad+VarGrad", "--unlearn_lr", "0.01"))
+    proc = run_in_process(*forget_cmd(digits_models, uri, "--unlearn", "NegGrad+VarGrad", "--unlearn_lr", "0.01"))
     assert "polarity" in proc.stdout and "original" in proc.stdout and "ideal" in proc.stdout
     _, r = only_run(uri)
     m, t = r.data.metrics, r.data.tags
@@ -69,7 +69,7 @@ def test_run_logs_closeness_to_ideal_and_reference_figures(digits_models, tmp_pa
 def test_wrong_ideal_is_refused(digits_models, tmp_path):
     cmd = forget_cmd(digits_models, f"sqlite:///{tmp_path}/mlruns/mlflow.db", "--ideal",
                      str(digits_models["ideal_class"]))
-    proc = run_script(*cmd, check=False)
+    proc = run_in_process(*cmd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "another forget set" in proc.stderr and "C=3" in proc.stderr
 
@@ -77,7 +77,7 @@ def test_wrong_ideal_is_refused(digits_models, tmp_path):
 def test_without_ideal_the_run_says_how_to_make_it(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     cmd = forget_cmd(digits_models, uri, "--num_indexes_to_replace", "50", "--unlearn", "FT", "--unlearn_epochs", "1")
-    proc = run_script(*cmd)
+    proc = run_in_process(*cmd)
     assert proc.stdout.count("python main_ideal.py") == 1 and "--num_indexes_to_replace 50" in proc.stdout
     _, r = only_run(uri)
     assert "MIA" in r.data.metrics and "original/UA" in r.data.metrics and "rUA" not in r.data.metrics
@@ -102,7 +102,7 @@ def test_parser_keeps_finished_failed_and_running_runs(tmp_path):
     c.set_terminated(failed.info.run_id, "FAILED")
     running = c.create_run(exp, run_name="RL")
     out = tmp_path / "runs.csv"
-    proc = run_script("mlruns_parser.py", "--tracking_uri", uri, "--output", str(out))
+    proc = run_in_process("mlruns_parser.py", "--tracking_uri", uri, "--output", str(out))
     assert "4 runs" in proc.stdout
     reader = csv.DictReader(out.open())
     assert reader.fieldnames == ["run_id", "experiment", "run_name", "status", "start_time", "end_time",
@@ -117,28 +117,28 @@ def test_parser_keeps_finished_failed_and_running_runs(tmp_path):
     assert rows[done.info.run_id]["experiment"] == "digits" and rows[done.info.run_id]["run_name"] == "GA"
     assert list(csv.DictReader((tmp_path / "runs_polarity.csv").open())) == [
         {"metric": "UA", "forget_mode": "random", "polarity": "closer to ideal"}]
-    seed1 = run_script("mlruns_parser.py", "--tracking_uri", uri, "--output", str(tmp_path / "s.csv"), "--filter",
+    seed1 = run_in_process("mlruns_parser.py", "--tracking_uri", uri, "--output", str(tmp_path / "s.csv"), "--filter",
                        "params.seed = '1'")
     assert "1 runs (1 FINISHED)" in seed1.stdout
     assert [r["run_id"] for r in csv.DictReader((tmp_path / "s.csv").open())] == [done.info.run_id]
     bad = run_in_process("mlruns_parser.py", "--tracking_uri", uri, "--filter", "params.seed =", "--output",
-                         str(tmp_path / "b.csv"))
+                         str(tmp_path / "b.csv"), check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --filter 'params.seed ='")
     assert not (tmp_path / "b.csv").exists()
     assert rows[failed.info.run_id]["status"] == "FAILED"
     assert rows[failed.info.run_id]["failure_reason"] == "non-finite unlearn loss"
     assert rows[running.info.run_id]["status"] == "RUNNING"
-    filtered = run_script("mlruns_parser.py", "--tracking_uri", uri, "--experiment", "nope", "--output",
+    filtered = run_in_process("mlruns_parser.py", "--tracking_uri", uri, "--experiment", "nope", "--output",
                           str(tmp_path / "x.csv"), check=False)
     assert filtered.returncode == 2 and "no experiment 'nope'" in filtered.stderr
 
 
 def test_parser_on_missing_or_empty_store_writes_nothing(tmp_path):
     out = tmp_path / "runs.csv"
-    proc = run_script("mlruns_parser.py", "--tracking_uri", f"sqlite:///{tmp_path}/none/mlflow.db", "--output",
+    proc = run_in_process("mlruns_parser.py", "--tracking_uri", f"sqlite:///{tmp_path}/none/mlflow.db", "--output",
                       str(out), check=False)
     assert proc.returncode == 2 and "no MLflow store" in proc.stderr and not out.exists()
     uri = f"sqlite:///{tmp_path}/empty/mlflow.db"
     MlflowClient(tracking_uri=uri).create_experiment("digits") if (tmp_path / "empty").mkdir() is None else None
-    proc = run_script("mlruns_parser.py", "--tracking_uri", uri, "--output", str(out), check=False)
+    proc = run_in_process("mlruns_parser.py", "--tracking_uri", uri, "--output", str(out), check=False)
     assert proc.returncode == 2 and "no runs" in proc.stderr and not out.exists()

@@ -119,7 +119,7 @@ def test_default_store_is_sqlite_under_mlruns(digits_models, tmp_path):
 def test_divergence_marks_run_failed(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     cmd = forget_cmd(digits_models, uri, "--unlearn", "GA", "--unlearn_lr", "1e6", "--unlearn_epochs", "30")
-    proc = run_script(*cmd, check=False)
+    proc = run_in_process(*cmd, check=False)
     assert proc.returncode == 1 and "diverged" in proc.stderr and "Traceback" not in proc.stderr
     _, r = only_run(uri)
     assert r.info.status == "FAILED" and "non-finite" in r.data.tags["failure_reason"]
@@ -145,7 +145,7 @@ def test_bad_input(digits_models, tmp_path, change, message):
         first, *more = value.replace("{tmp}", str(tmp_path)).split()
         cmd[cmd.index(flag) + 1] = first
         cmd += more
-    proc = run_in_process(*cmd)
+    proc = run_in_process(*cmd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message.replace("{tmp}", str(tmp_path)) in proc.stderr.strip().splitlines()[-1]
 
@@ -161,7 +161,7 @@ def test_a_damaged_checkpoint_is_named_with_how_to_make_it_again(digits_models, 
         torch.save({"weights": 1}, bad)
     cmd = forget_cmd(digits_models, f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     cmd[cmd.index("--mask") + 1] = str(bad)
-    proc = run_in_process(*cmd)
+    proc = run_in_process(*cmd, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: checkpoint {bad} ")
@@ -204,7 +204,7 @@ def test_vargrad_beta0_half_and_mask_end_with_bit_identical_weights(digits_model
     for spec, extra in (("GA+Mask", []), ("GA+VarGrad", ["--beta", "0", "--quantile", "0.5"])):
         uri = f"sqlite:///{tmp_path}/{spec}/mlflow.db"
         cmd = _without(_class_cmd(digits_models, uri, "--unlearn", spec), "--beta", "--quantile")  # seed's flags
-        run_script(*cmd, *extra)
+        run_in_process(*cmd, *extra)
         paths.append(only_run(uri)[1].data.tags["checkpoint"])
     a, b = _weights(paths[0]), _weights(paths[1])
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -213,7 +213,7 @@ def test_vargrad_beta0_half_and_mask_end_with_bit_identical_weights(digits_model
 
 def test_frozen_weights_and_frozen_bn_stats_leave_the_model_bit_identical(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    run_script(*_class_cmd(digits_models, uri, "--quantile", "1", "--bn_stats", "freeze"))
+    run_in_process(*_class_cmd(digits_models, uri, "--quantile", "1", "--bn_stats", "freeze"))
     _, r = only_run(uri)
     assert r.data.params["bn_stats"] == "freeze" and r.data.metrics["train/kept_share"] == 0
     orig, after = _weights(digits_models["original"]), _weights(r.data.tags["checkpoint"])
@@ -222,7 +222,7 @@ def test_frozen_weights_and_frozen_bn_stats_leave_the_model_bit_identical(digits
 
 def test_evaluate_the_ideal_model_scores_exactly_ideal(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    proc = run_script(*_class_cmd(digits_models, uri, "--evaluate", str(digits_models["ideal_class"])))
+    proc = run_in_process(*_class_cmd(digits_models, uri, "--evaluate", str(digits_models["ideal_class"])))
     assert "no unlearning" in proc.stdout
     _, r = only_run(uri)
     m, t = r.data.metrics, r.data.tags
@@ -236,13 +236,13 @@ def test_evaluate_the_ideal_model_scores_exactly_ideal(digits_models, tmp_path):
 
 def test_random_forgetting_keeps_the_loss_attack_target_of_half(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    run_script(*forget_cmd(digits_models, uri, "--unlearn", "FT", "--unlearn_epochs", "1"))
+    run_in_process(*forget_cmd(digits_models, uri, "--unlearn", "FT", "--unlearn_epochs", "1"))
     assert only_run(uri)[1].data.tags["polarity.loss_MIA_auc"] == "closer to 0.5"
 
 
 def test_badteacher_runs_its_published_recipe_by_default(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    run_script(*_without(forget_cmd(digits_models, uri, "--unlearn", "BadTeacher"),
+    run_in_process(*_without(forget_cmd(digits_models, uri, "--unlearn", "BadTeacher"),
                          "--unlearn_lr", "--unlearn_epochs", "--beta", "--quantile"))
     p = only_run(uri)[1].data.params
     assert (p["recipe_optimizer"], p["recipe_lr"], p["recipe_epochs"], p["recipe_weight_decay"]) == \

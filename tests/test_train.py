@@ -130,7 +130,7 @@ def test_a_bad_resumable_state_is_named_and_refused(tmp_path, state):
     else:
         torch.save({"loop": {}, "best": {}, "wall": 0.0, "seed": 4, "recipe": {"lr": 0.5}}, path)
     proc = run_in_process("main_baseline.py", "--dataset", "digits", "--epochs", "3", "--seed", "4", "--quiet",
-                          "--save_dir", str(tmp_path), "--resume")
+                          "--save_dir", str(tmp_path), "--resume", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: {path} ") and ("truncated or foreign" if state == "damaged" else
@@ -160,7 +160,7 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--save_dir" not in args:
         args += ["--save_dir", str(tmp_path / "out")]
-    proc = run_in_process("main_baseline.py", "--epochs", "1", "--quiet", *args)
+    proc = run_in_process("main_baseline.py", "--epochs", "1", "--quiet", *args, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]

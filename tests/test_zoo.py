@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import EPOCHS, run_script
+from conftest import EPOCHS, run_in_process
 
 from dataset import forget_split, load_data
 from evaluation.accuracy import accuracies, model_outputs
@@ -256,9 +256,9 @@ def test_fgsm_labels_are_the_teachers_prediction_of_the_moved_image():
 
 # --------------------------------------------------------------------------- the CLI
 def _forget(digits_models, tmp_path, *extra):
-    proc = run_script("mlflow_forget.py", *digits_models["common"], "--class_to_replace", "-1",
-                      "--num_indexes_to_replace", "100", "--tracking_uri", f"sqlite:///{tmp_path}/m.db", *extra,
-                      check=False)
+    proc = run_in_process("mlflow_forget.py", *digits_models["common"], "--class_to_replace", "-1",
+                          "--num_indexes_to_replace", "100", "--tracking_uri", f"sqlite:///{tmp_path}/m.db", *extra,
+                          check=False)
     return proc
 
 
