@@ -32,7 +32,7 @@ import torch
 import trainer
 import utils
 from dataset import ForgetSplit, TensorData, forget_indices, load_data
-from evaluation.accuracy import accuracies, accuracy, logits_of, model_outputs
+from evaluation.accuracy import logits_of
 from models import create_model
 from unlearn import cli
 from unlearn.impl import Recipe
@@ -235,10 +235,8 @@ class Backdoor(cli.Forgetting):
         recipe = Recipe(**train_recipe(args))
         history, best_epoch, wall = trainer.fit(model, data, train_idx, data.val_idx, recipe, args.seed, args.quiet,
                                                 which)
-        out = model_outputs(model, data, split.forget, split.retain)
-        acc = accuracies(out) | {"train": accuracy(torch.cat([out.forget, out.retain]),
-                                                   torch.cat([out.y_forget, out.y_retain])),
-                                 "ASR": attack_success_rate(model, data, self.trigger, self.target)}
+        acc = trainer.trained_accuracies(model, data, split) | {
+            "ASR": attack_success_rate(model, data, self.trigger, self.target)}
         saved = argparse.Namespace(**{**vars(args), **train_recipe(args)})
         trainer.save(path, model, saved, which, split, acc, best_epoch, history, wall)
         print(f"done: {which} model, best epoch {best_epoch}: clean test acc {acc['TA']:.2f}  ASR "

@@ -105,14 +105,20 @@ def _train(args, kind: str, path: Path, data, split: ForgetSplit, model, train_i
     # the original model is scored on every class, as it was selected; the ideal model of class
     # forgetting on the other classes (it never saw the forgotten one), as it was selected
     scored = forgotten if ideal else None
-    out = model_outputs(model, data, split.forget, split.retain, scored)
-    acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
-    acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
+    acc = trained_accuracies(model, data, split, scored)
     save(path, model, args, kind, split, acc, best_epoch, history, wall)
     state.unlink(missing_ok=True)  # finished: nothing to resume
     print(f"done: {kind} model, best epoch {best_epoch}: {final_figures(acc, ideal, scored)}  wall time {wall:.1f}s "
           f"-> {path}")
     return path
+
+
+def trained_accuracies(model, data, split: ForgetSplit, forgotten: int | None = None) -> dict[str, float]:
+    """RA, FA, UA, TA, VA of a trained model, and `train`: its accuracy on the whole training set."""
+    out = model_outputs(model, data, split.forget, split.retain, forgotten)
+    acc = accuracies(out)  # D_F and D_R partition the training set: its accuracy needs no other pass
+    acc["train"] = accuracy(torch.cat([out.forget, out.retain]), torch.cat([out.y_forget, out.y_retain]))
+    return acc
 
 
 def final_figures(acc: dict, ideal: bool, forgotten: int | None) -> str:
