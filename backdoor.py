@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shlex
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import trainer
 import utils
-from dataset import ForgetSplit, TensorData, forget_indices, load_data
+from dataset import ForgetSplit, TensorData, forget_indices, load_data, split_of
 from evaluation.accuracy import logits_of
 from models import create_model
 from unlearn import cli
@@ -114,17 +112,10 @@ def poison(data: TensorData, seed: int, target: int, n: int | None, trigger: Tri
     x[idx] = trigger.stamp(x[idx])
     labels[idx] = target
     poisoned = dataclasses.replace(data, x_train=x, y_train=labels)
-    retain = np.setdiff1d(train_idx, chosen)
     key = json.dumps({"target": target, "trigger": dataclasses.asdict(trigger)}, sort_keys=True).encode()
-    info = {
-        "dataset": data.name, "seed": seed, "class_to_replace": target, "num_indexes_to_replace": len(chosen),
-        "mode": "backdoor", "target": target, "trigger": dataclasses.asdict(trigger),
-        "num_poisoned_of_target": int((y[chosen] == target).sum()),
-        "num_train": len(train_idx), "num_val": len(data.val_idx), "num_test": len(data.y_test),
-        "num_forget": len(chosen), "num_retain": len(retain),
-        "forget_sha1": hashlib.sha1(chosen.astype(np.int64).tobytes() + key).hexdigest(),
-    }
-    return poisoned, ForgetSplit(torch.from_numpy(chosen), torch.from_numpy(retain), info)
+    return poisoned, split_of(data, chosen, seed, target, "backdoor", salt=key, target=target,
+                              trigger=dataclasses.asdict(trigger),
+                              num_poisoned_of_target=int((y[chosen] == target).sum()))
 
 
 @torch.no_grad()
@@ -144,12 +135,17 @@ def checkpoint_path(args: argparse.Namespace, n: int, which: str) -> Path:
 
 
 def own_command(args: argparse.Namespace, extra: list[str]) -> str:
-    """This run's data, trigger and recipe flags as a main_backdoor.py command."""
+    """This run's data, trigger and training-recipe flags as a main_backdoor.py command (the ideal
+    model it suggests must be trained with the backdoored model's recipe)."""
     flags = ["--data", args.data, "--dataset", args.dataset, "--arch", args.arch, "--seed", str(args.seed),
              "--epochs", str(args.epochs), "--class_to_replace", str(args.class_to_replace),
              "--num_indexes_to_replace", str(args.num_indexes_to_replace), "--trigger_size", str(args.trigger_size),
              "--trigger_margin", str(args.trigger_margin), "--trigger_corner", args.trigger_corner,
-             "--trigger_pattern", args.trigger_pattern, "--save_dir", args.save_dir]
+             "--trigger_pattern", args.trigger_pattern, "--save_dir", args.save_dir, "--lr", str(args.lr),
+             "--train_momentum", str(args.train_momentum), "--train_weight_decay", str(args.train_weight_decay),
+             "--train_batch_size", str(args.train_batch_size),
+             "--train_decreasing_lr", ",".join(map(str, args.train_decreasing_lr)),
+             "--train_warmup", str(args.train_warmup)]
     return shlex.join(["python", "main_backdoor.py", *flags, *extra])
 
 

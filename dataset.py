@@ -379,12 +379,21 @@ def forget_split(data: TensorData, seed: int, class_to_replace: int, num_indexes
     """The forget and retain sets of the arguments, with a record to save beside checkpoints."""
     y, train_idx = data.y_train.cpu().numpy(), data.train_idx.cpu().numpy()
     forget, mode = forget_indices(y, train_idx, seed, class_to_replace, num_indexes, data.num_classes)
+    return split_of(data, forget, seed, class_to_replace, mode)
+
+
+def split_of(data: TensorData, forget: np.ndarray, seed: int, class_to_replace: int, mode: str,
+             salt: bytes = b"", **record) -> ForgetSplit:
+    """D_F = `forget` and D_R = the rest of the training set, with the record of how D_F was drawn;
+    `forget_sha1` covers the indices and `salt` (what else makes the set, as a backdoor's trigger),
+    `record` adds entries."""
+    train_idx = data.train_idx.cpu().numpy()
     retain = np.setdiff1d(train_idx, forget)
     info = {
         "dataset": data.name, "seed": seed, "class_to_replace": class_to_replace,
-        "num_indexes_to_replace": len(forget), "mode": mode,
+        "num_indexes_to_replace": len(forget), "mode": mode, **record,
         "num_train": len(train_idx), "num_val": len(data.val_idx), "num_test": len(data.y_test),
         "num_forget": len(forget), "num_retain": len(retain),
-        "forget_sha1": hashlib.sha1(forget.astype(np.int64).tobytes()).hexdigest(),
+        "forget_sha1": hashlib.sha1(forget.astype(np.int64).tobytes() + salt).hexdigest(),
     }
     return ForgetSplit(torch.from_numpy(forget), torch.from_numpy(retain), info)

@@ -84,6 +84,7 @@ class Run:
         self.uri = resolve_uri(uri)
         self.client = client(self.uri)
         exp = experiment_id(self.client, self.uri, experiment)
+        # tags are strings: a REST store refuses any other type
         self.run = retry(self.client.create_run, exp, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
         self.id = self.run.info.run_id
         self.where = f"MLflow run {self.id} in {self.uri}"

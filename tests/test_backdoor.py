@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import numpy as np
 import pytest
@@ -92,6 +93,16 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, flags, messag
             ["--dataset", "digits", "--save_dir", str(tmp_path / "out"), "--class_to_replace", "0",
              "--num_indexes_to_replace", "120", *flags]))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_suggested_ideal_command_repeats_the_training_recipe(tmp_path):
+    args = args_of(tmp_path, "--lr", "0.05", "--train_momentum", "0.5", "--train_batch_size", "64")
+    args.arch = "smallcnn"
+    suggested = shlex.split(backdoor.own_command(args, ["--train_only", "ideal"]))
+    again = backdoor.build_parser("").parse_args(suggested[2:])
+    assert suggested[1] == "main_backdoor.py" and again.train_only == "ideal"
+    assert backdoor.train_recipe(again) == backdoor.train_recipe(args)
+    assert backdoor.trigger_of(again) == backdoor.trigger_of(args)
 
 
 def test_missing_n_gives_one_line_error_and_exit_2(tmp_path):

@@ -279,7 +279,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
             "git_commit": provenance["git_commit"], "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "command_hash": utils.own_command_hash(),
             "forget_sha1": split.info["forget_sha1"], "forget_mode": split.info["mode"],
-            "num_forget": str(len(split.forget))}  # tags are strings (a REST store refuses an int)
+            "num_forget": len(split.forget)}
     experiment = args.experiment or args.dataset + ("" if scenario.mode == "forget" else f"-{scenario.mode}")
     if store == "files":
         if args.tracking_uri or args.experiment:
