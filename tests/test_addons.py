@@ -6,6 +6,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from unlearn.addons.common import split_like
 from unlearn.addons.mask import Mask, sign_agreement
 from unlearn.addons.salun import saliency_mask
 from unlearn.addons.vargrad import VarGrad, aligned_probability, ema_moments, probably_aligned
@@ -84,10 +85,11 @@ def test_vargrad_warmup_estimates_mean_and_unbiased_variance_exactly():
     torch.manual_seed(4)
     batches = [[torch.randn(6, 5), torch.randn(3)] for _ in range(7)]
     addon = warmed(VarGrad(), batches)
+    mean, var = split_like(addon.mean, batches[0]), split_like(addon.var, batches[0])
     for i in range(2):
         stacked = torch.stack([b[i] for b in batches])
-        assert torch.allclose(addon.mean[i], stacked.mean(0), atol=1e-6)
-        assert torch.allclose(addon.var[i], stacked.var(0, unbiased=True), atol=1e-6)
+        assert torch.allclose(mean[i], stacked.mean(0), atol=1e-6)
+        assert torch.allclose(var[i], stacked.var(0, unbiased=True), atol=1e-6)
 
 
 def test_vargrad_variance_is_not_biased_low_after_a_short_warmup():
@@ -96,10 +98,10 @@ def test_vargrad_variance_is_not_biased_low_after_a_short_warmup():
     torch.manual_seed(5)
     n = 20000
     addon = warmed(VarGrad(beta=0.9), [[torch.randn(n)] for _ in range(5)])
-    assert addon.var[0].mean().item() == pytest.approx(1.0, abs=0.05)
+    assert addon.var.mean().item() == pytest.approx(1.0, abs=0.05)
     for _ in range(3):
         addon.direction([torch.ones(n)], [torch.randn(n)], [torch.ones(n)])
-    assert addon.var[0].mean().item() == pytest.approx(1.0, abs=0.08)
+    assert addon.var.mean().item() == pytest.approx(1.0, abs=0.08)
 
 
 def test_vargrad_beta0_quantile_half_equals_mask():
@@ -144,3 +146,35 @@ def test_salun_kept_share_is_one_minus_quantile(q):
     dropped = torch.cat([s.abs().flatten()[~k.flatten()] for s, k in zip(scores, keep)])
     if len(kept) and len(dropped):
         assert kept.min() >= dropped.max()  # the most salient are the ones kept
+
+
+def test_flat_addons_equal_their_per_parameter_form_bit_for_bit():
+    """Mask and VarGrad work on all weights as one flat tensor; each keep mask and direction is
+    what the per-parameter form computes, exactly."""
+    from unlearn.addons.vargrad import welford
+    g = torch.Generator().manual_seed(9)
+    shapes = [(4, 3, 3, 3), (4,), (10, 4)]
+
+    def grads(scale=1.0):
+        return [torch.randn(s, generator=g) * scale for s in shapes]
+
+    g_u, g_c, g_obj = grads(), grads(), grads()
+    d, keep = Mask().direction(g_u, g_c, g_obj)
+    for k, dd, u, c, o in zip(keep, d, g_u, g_c, g_obj):
+        assert torch.equal(k, sign_agreement(u, c)) and torch.equal(dd, o * sign_agreement(u, c))
+    warm = [grads(0.1) for _ in range(4)]
+    addon = warmed(VarGrad(beta=0.8, quantile=0.6), warm)
+    mean, m2 = [w.clone() for w in warm[0]], [torch.zeros(s) for s in shapes]
+    for n, w in enumerate(warm[1:], start=2):
+        pairs = [welford(m, s, x, n) for m, s, x in zip(mean, m2, w)]
+        mean, m2 = [p[0] for p in pairs], [p[1] for p in pairs]
+    var = [s / 3 for s in m2]
+    for _ in range(3):
+        g_u, g_c, g_obj = grads(), grads(0.1), grads()
+        d, keep = addon.direction(g_u, g_c, g_obj)
+        pairs = [ema_moments(m, v, x, 0.8) for m, v, x in zip(mean, var, g_c)]
+        mean, var = [p[0] for p in pairs], [p[1] for p in pairs]
+        ref = [probably_aligned(u, m, v, 0.6) for u, m, v in zip(g_u, mean, var)]
+        assert all(torch.equal(k, r) for k, r in zip(keep, ref))
+        assert all(torch.equal(x, o * r) for x, o, r in zip(d, g_obj, ref))
+        assert 0 < sum(int(r.sum()) for r in ref) < sum(r.numel() for r in ref)

@@ -13,6 +13,7 @@ from dataset import forget_split, load_data
 from evaluation.accuracy import split_accuracies
 from models import create_model
 from unlearn import ADDONS, ALIASES, METHODS, make, parse_unlearn
+from unlearn.addons.common import Flat
 from unlearn.addons.mask import Mask
 from unlearn.impl import Diverged, Recipe, lr_at, run, sgd_step
 from unlearn.methods.ft import FT
@@ -91,15 +92,17 @@ def test_sgd_step_mask_keeps_buffer_and_skips_weight_decay():
     p = torch.tensor([1.0, 1.0, 1.0])
     buf = torch.tensor([0.5, 0.5, 0.5])
     keep = torch.tensor([True, False, True])
-    sgd_step([p], [torch.tensor([1.0, 1.0, 0.0])], [keep], [buf], lr=0.1, momentum=0.9, weight_decay=0.1)
-    assert buf.tolist() == pytest.approx([0.45 + 1.0 + 0.1, 0.5, 0.45 + 0.1])
+    bufs = Flat([p])
+    bufs.flat.copy_(buf)
+    sgd_step([p], [torch.tensor([1.0, 1.0, 0.0])], [keep], bufs, lr=0.1, momentum=0.9, weight_decay=0.1)
+    assert bufs.flat.tolist() == pytest.approx([0.45 + 1.0 + 0.1, 0.5, 0.45 + 0.1])
     assert p.tolist() == pytest.approx([1 - 0.1 * 1.55, 1.0, 1 - 0.1 * 0.55])
     # without a mask: plain SGD with momentum, as torch.optim.SGD
     q, ref = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = torch.optim.SGD([ref], lr=0.1, momentum=0.9, weight_decay=0.01)
-    b = torch.zeros(2)
+    b = Flat([q])
     for g in ([0.3, -0.1], [0.2, 0.4]):
-        sgd_step([q], [torch.tensor(g)], None, [b], 0.1, 0.9, 0.01)
+        sgd_step([q], [torch.tensor(g)], None, b, 0.1, 0.9, 0.01)
         ref.grad = torch.tensor(g)
         opt.step()
     assert torch.allclose(q, ref)
@@ -301,7 +304,7 @@ def test_adam_step_without_mask_is_torch_adam():
     q = torch.tensor([1.0, -2.0, 0.5])
     ref = torch.nn.Parameter(q.clone())
     opt = torch.optim.Adam([ref], lr=0.1, weight_decay=0.01)
-    state = {k: [torch.zeros(3)] for k in ("m", "v", "t")}
+    state = {k: Flat([q]) for k in ("m", "v", "t")}
     for g in ([0.3, -0.1, 0.0], [0.2, 0.4, -1.0], [-0.5, 0.1, 0.2]):
         adam_step([q], [torch.tensor(g)], None, state, 0.1, 0.01)
         ref.grad = torch.tensor(g)
@@ -312,13 +315,13 @@ def test_adam_step_without_mask_is_torch_adam():
 def test_adam_masked_coordinate_keeps_value_moments_and_step_count():
     from unlearn.impl import adam_step
     p = torch.tensor([1.0, 1.0])
-    state = {k: [torch.zeros(2)] for k in ("m", "v", "t")}
+    state = {k: Flat([p]) for k in ("m", "v", "t")}
     adam_step([p], [torch.tensor([1.0, 1.0])], [torch.tensor([True, True])], state, 0.1, 0.1)
-    snap = {k: v[0].clone() for k, v in state.items()}, p.clone()
+    snap = {k: v.flat.clone() for k, v in state.items()}, p.clone()
     adam_step([p], [torch.tensor([5.0, 5.0])], [torch.tensor([True, False])], state, 0.1, 0.1)
     assert p[1] == snap[1][1] and p[0] != snap[1][0]
     for k in ("m", "v", "t"):
-        assert state[k][0][1] == snap[0][k][1] and state[k][0][0] != snap[0][k][0]
+        assert state[k].flat[1] == snap[0][k][1] and state[k].flat[0] != snap[0][k][0]
 
 
 def test_feasibility_holds_with_adam(digits, trained):
@@ -336,3 +339,70 @@ def test_recipe_rejects_unknown_optimizer_and_bn_mode():
         Recipe(optimizer="rmsprop")
     with pytest.raises(ValueError, match="bn_stats"):
         Recipe(bn_stats="off")
+
+
+# ------------------------------------------------ foreach steps == the per-parameter loop
+def _loop_sgd(params, d, keep, bufs, lr, momentum, wd):
+    """The step as a Python loop over the parameters (the code before the foreach step)."""
+    for i, (p, g, buf) in enumerate(zip(params, d, bufs)):
+        g = g + wd * p if wd else g
+        if keep is None:
+            buf.mul_(momentum).add_(g)
+            p.sub_(lr * buf)
+        else:
+            buf.copy_(torch.where(keep[i], momentum * buf + g, buf))
+            p.sub_(torch.where(keep[i], lr * buf, 0.0))
+
+
+def _loop_adam(params, d, keep, state, lr, wd, b1=0.9, b2=0.999, eps=1e-8):
+    for i, (p, g) in enumerate(zip(params, d)):
+        m, v, t = state["m"][i], state["v"][i], state["t"][i]
+        g = g + wd * p if wd else g
+        k = keep[i] if keep is not None else torch.ones_like(p, dtype=torch.bool)
+        t.add_(k.to(t.dtype))
+        m.copy_(torch.where(k, b1 * m + (1 - b1) * g, m))
+        v.copy_(torch.where(k, b2 * v + (1 - b2) * g * g, v))
+        t_safe = t.clamp_min(1)
+        p.sub_(torch.where(k, lr * (m / (1 - b1 ** t_safe)) / (v / (1 - b2 ** t_safe)).sqrt().add_(eps), 0.0))
+
+
+def _shapes_params(seed):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(8, 3, 3, 3), (8,), (16, 8, 3, 3), (10, 16), (10,), (1,)]
+    params = [torch.randn(s, generator=g) for s in shapes]
+    params[2] = params[2].contiguous(memory_format=torch.channels_last)  # a channels-last weight too
+    return params, g
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("wd", [0.0, 5e-4])
+def test_foreach_sgd_step_equals_the_per_parameter_loop_bit_for_bit(masked, wd):
+    params, g = _shapes_params(1)
+    mine, ref = [p.clone() for p in params], [p.clone() for p in params]
+    bufs, ref_bufs = Flat(mine), [torch.zeros_like(p) for p in params]
+    for step in range(6):
+        d = [torch.randn(p.shape, generator=g) * 10 ** (step - 3) for p in params]
+        keep = [torch.rand(p.shape, generator=g) < 0.6 for p in params] if masked else None
+        sgd_step(mine, d, keep, bufs, 0.05 * (step + 1), 0.9, wd)
+        _loop_sgd(ref, d, keep, ref_bufs, 0.05 * (step + 1), 0.9, wd)
+    for a, b, ba, bb in zip(mine, ref, bufs.views, ref_bufs):
+        assert torch.equal(a, b) and torch.equal(ba, bb)  # bit for bit, not approximately
+    assert not all(torch.equal(a, p) for a, p in zip(mine, params))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_flat_adam_step_equals_the_per_parameter_loop_bit_for_bit(masked):
+    from unlearn.impl import adam_step
+    params, g = _shapes_params(2)
+    mine, ref = [p.clone() for p in params], [p.clone() for p in params]
+    state = {k: Flat(mine) for k in ("m", "v", "t")}
+    ref_state = {k: [torch.zeros_like(p) for p in params] for k in ("m", "v", "t")}
+    for _ in range(5):
+        d = [torch.randn(p.shape, generator=g) for p in params]
+        keep = [torch.rand(p.shape, generator=g) < 0.5 for p in params] if masked else None
+        adam_step(mine, d, keep, state, 0.01, 1e-3)
+        _loop_adam(ref, d, keep, ref_state, 0.01, 1e-3)
+    for a, b in zip(mine, ref):
+        assert torch.equal(a, b)
+    for k in ("m", "v", "t"):
+        assert all(torch.equal(x, y) for x, y in zip(state[k].views, ref_state[k]))

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unlearn.addons.common import Addon, Grads
+from unlearn.addons.common import Addon, Flat, Grads, flatten
 from unlearn.addons.none import NoAddon
 from unlearn.methods.common import Batch, Context, Method, Pass, Progress
 
@@ -89,40 +89,52 @@ def lr_at(recipe: Recipe, epoch: int, step: int, steps: int) -> float:
 
 
 # ----------------------------------------------------------------- optimizers
+# The steps below touch every parameter with a fixed number of kernels whatever the
+# model's depth: foreach operations over the parameter list, and the masked selects over
+# one flat tensor (the optimizer state lives in one, its per-parameter tensors are views).
+# Each computes exactly the expression of a per-parameter loop, so the weights are the
+# same bit for bit (tested against that loop).
 @torch.no_grad()
-def sgd_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, bufs: list[Tensor],
-             lr: float, momentum: float, weight_decay: float) -> None:
+def sgd_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, bufs: Flat,
+             lr: float, momentum: float, weight_decay: float) -> Tensor | None:
     """SGD with momentum and weight decay along d. Where `keep` is False the coordinate,
-    its momentum buffer and its weight decay are all left untouched."""
-    for i, (p, g, buf) in enumerate(zip(params, d, bufs)):
-        g = g + weight_decay * p if weight_decay else g
-        if keep is None:
-            buf.mul_(momentum).add_(g)
-            p.sub_(lr * buf)
-        else:
-            k = keep[i]
-            buf.copy_(torch.where(k, momentum * buf + g, buf))
-            p.sub_(torch.where(k, lr * buf, 0.0))
+    its momentum buffer and its weight decay are all left untouched. Returns `keep` as
+    one flat tensor (None without a mask)."""
+    g = torch._foreach_add(d, torch._foreach_mul(params, weight_decay)) if weight_decay else d
+    if keep is None:
+        bufs.flat.mul_(momentum)
+        torch._foreach_add_(bufs.views, g)
+        torch._foreach_sub_(params, bufs.split(lr * bufs.flat))
+        return None
+    k = flatten(keep)
+    moved = momentum * bufs.flat
+    torch._foreach_add_(bufs.split(moved), g)
+    bufs.flat.copy_(torch.where(k, moved, bufs.flat))
+    torch._foreach_sub_(params, bufs.split(torch.where(k, lr * bufs.flat, 0.0)))
+    return k
 
 
 @torch.no_grad()
-def adam_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, state: dict[str, list[Tensor]],
-              lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+def adam_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, state: dict[str, Flat],
+              lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+              eps: float = 1e-8) -> Tensor | None:
     """Adam (torch.optim.Adam's update, L2 weight decay) along d. Each coordinate counts its own
     steps, so where `keep` is False its value, both moments and its bias correction stay put;
-    without a mask this is exactly torch.optim.Adam."""
+    without a mask this is exactly torch.optim.Adam. Returns `keep` flat (None without a mask)."""
     b1, b2 = betas
-    for i, (p, g) in enumerate(zip(params, d)):
-        m, v, t = state["m"][i], state["v"][i], state["t"][i]
-        g = g + weight_decay * p if weight_decay else g
-        k = keep[i] if keep is not None else torch.ones_like(p, dtype=torch.bool)
-        t.add_(k.to(t.dtype))
-        m.copy_(torch.where(k, b1 * m + (1 - b1) * g, m))
-        v.copy_(torch.where(k, b2 * v + (1 - b2) * g * g, v))
-        t_safe = t.clamp_min(1)  # a never-stepped coordinate has m = v = 0 and is not moved anyway
-        m_hat = m / (1 - b1 ** t_safe)
-        denom = (v / (1 - b2 ** t_safe)).sqrt().add_(eps)
-        p.sub_(torch.where(k, lr * m_hat / denom, 0.0))
+    m, v, t = state["m"].flat, state["v"].flat, state["t"].flat
+    g = flatten(d)
+    if weight_decay:
+        g = g + weight_decay * flatten(params)
+    k = flatten(keep) if keep is not None else torch.ones_like(g, dtype=torch.bool)
+    t.add_(k.to(t.dtype))
+    m.copy_(torch.where(k, b1 * m + (1 - b1) * g, m))
+    v.copy_(torch.where(k, b2 * v + (1 - b2) * g * g, v))
+    t_safe = t.clamp_min(1)  # a never-stepped coordinate has m = v = 0 and is not moved anyway
+    m_hat = m / (1 - b1 ** t_safe)
+    denom = (v / (1 - b2 ** t_safe)).sqrt().add_(eps)
+    torch._foreach_sub_(params, state["m"].split(torch.where(k, lr * m_hat / denom, 0.0)))
+    return k if keep is not None else None
 
 
 class _Stepper:
@@ -131,26 +143,27 @@ class _Stepper:
     def __init__(self, params: list[Tensor], recipe: Recipe):
         self.params, self.recipe = params, recipe
         if recipe.optimizer == "sgd":
-            self.bufs = [torch.zeros_like(p) for p in params]
+            self.bufs = Flat(params)
         else:
-            self.adam = {k: [torch.zeros_like(p) for p in params] for k in ("m", "v", "t")}
+            self.adam = {k: Flat(params) for k in ("m", "v", "t")}
+
+    def _mine(self) -> dict[str, Flat]:
+        return {"bufs": self.bufs} if self.recipe.optimizer == "sgd" else self.adam
 
     def state(self) -> dict:
-        return {"bufs": [b.clone() for b in self.bufs]} if self.recipe.optimizer == "sgd" else \
-            {k: [t.clone() for t in v] for k, v in self.adam.items()}
+        return {k: [t.clone() for t in f.views] for k, f in self._mine().items()}
 
     def load(self, state: dict) -> None:
-        mine = {"bufs": self.bufs} if self.recipe.optimizer == "sgd" else self.adam
-        for k, tensors in mine.items():
-            for t, saved in zip(tensors, state[k], strict=True):
+        for k, f in self._mine().items():
+            for t, saved in zip(f.views, state[k], strict=True):
                 t.copy_(saved)
 
-    def step(self, d: Grads, keep: list[Tensor] | None, lr: float) -> None:
+    def step(self, d: Grads, keep: list[Tensor] | None, lr: float) -> Tensor | None:
+        """One step; returns the flat keep mask (None without one)."""
         r = self.recipe
         if r.optimizer == "sgd":
-            sgd_step(self.params, d, keep, self.bufs, lr, r.momentum, r.weight_decay)
-        else:
-            adam_step(self.params, d, keep, self.adam, lr, r.weight_decay, (r.momentum, 0.999))
+            return sgd_step(self.params, d, keep, self.bufs, lr, r.momentum, r.weight_decay)
+        return adam_step(self.params, d, keep, self.adam, lr, r.weight_decay, (r.momentum, 0.999))
 
 
 # -------------------------------------------------------------------- batches
@@ -396,14 +409,14 @@ def _epoch(model, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine
                 g_obj = grads.of(sum(own))
             d, keep = addon.direction(g_u, g_c, g_obj)
             lr = lr_at(recipe, epoch, step, steps)
-            stepper.step(d, keep, lr)
+            kept_flat = stepper.step(d, keep, lr)
 
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0) + v.detach()
                 counts[k] = counts.get(k, 0) + 1
-            if keep is not None:
+            if kept_flat is not None:
                 masked += 1
-                kept += sum(k.sum() for k in keep) / sum(k.numel() for k in keep)
+                kept += kept_flat.sum() / kept_flat.numel()
             step += 1
             bar.update()
             if step % CHECK_EVERY == 0 or step == steps:

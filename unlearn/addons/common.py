@@ -17,9 +17,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
+import torch
 from torch import Tensor
 
 Grads = list[Tensor]
+
+
+def flatten(tensors: list[Tensor]) -> Tensor:
+    """The tensors' elements, one after the other, as one flat tensor (logical order)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+class Flat:
+    """Tensors shaped like `like` (zeros), held as views (`views`) of one flat tensor (`flat`):
+    an elementwise operation over all of them is one kernel on `flat`, and `split` shapes a
+    flat result back into per-parameter views without copying."""
+
+    def __init__(self, like: list[Tensor], dtype: torch.dtype | None = None):
+        self.shapes = [t.shape for t in like]
+        self.flat = torch.zeros(sum(t.numel() for t in like), dtype=dtype or like[0].dtype, device=like[0].device)
+        self.views = self.split(self.flat)
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        return _split(flat, self.shapes)
+
+
+def _split(flat: Tensor, shapes: list[torch.Size]) -> list[Tensor]:
+    return [v.view(s) for v, s in zip(flat.split([s.numel() for s in shapes]), shapes)]
 
 
 class GradSource(Protocol):
@@ -43,4 +67,9 @@ class Addon:
 
 
 def apply_mask(g_obj: Grads, keep: list[Tensor]) -> Grads:
-    return [g * k for g, k in zip(g_obj, keep)]
+    return torch._foreach_mul(g_obj, keep)
+
+
+def split_like(flat: Tensor, like: list[Tensor]) -> list[Tensor]:
+    """Views of `flat` shaped like the tensors of `like`, in order (the inverse of `flatten`)."""
+    return _split(flat, [t.shape for t in like])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from unlearn import register_addon
-from unlearn.addons.common import Addon, apply_mask
+from unlearn.addons.common import Addon, apply_mask, flatten, split_like
 
 
 def sign_agreement(g_u: Tensor, g_c: Tensor) -> Tensor:
@@ -22,5 +22,5 @@ class Mask(Addon):
     needs = ("unlearn", "utility")
 
     def direction(self, g_u, g_c, g_obj):
-        keep = [sign_agreement(u, c) for u, c in zip(g_u, g_c)]
+        keep = split_like(sign_agreement(flatten(g_u), flatten(g_c)), g_u)  # one kernel each over all weights
         return apply_mask(g_obj, keep), keep

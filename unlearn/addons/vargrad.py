@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from unlearn import register_addon
-from unlearn.addons.common import Addon, apply_mask
+from unlearn.addons.common import Addon, apply_mask, flatten, split_like
 
 EPS = 1e-16  # added to the variance; far below squared float32 gradients of any size that matters
 
@@ -64,8 +64,9 @@ class VarGrad(Addon):
     quantile: float = 0.55  # keep when the probability of alignment exceeds it
     warmup_batches: int = 4  # retain batches that estimate the statistics before the first step (>= 2)
     needs = ("unlearn", "utility")
-    mean: list[Tensor] | None = field(default=None, init=False, repr=False)
-    var: list[Tensor] | None = field(default=None, init=False, repr=False)
+    # the running estimates over all weights, as one flat tensor each (logical order of the parameters)
+    mean: Tensor | None = field(default=None, init=False, repr=False)
+    var: Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if not 0 <= self.beta < 1:
@@ -81,14 +82,14 @@ class VarGrad(Addon):
         for g_c in source.retain_grads(self.warmup_batches):
             n += 1
             if n == 1:
-                self.mean, m2 = [g.clone() for g in g_c], [torch.zeros_like(g) for g in g_c]
+                self.mean = flatten(g_c)
+                m2 = torch.zeros_like(self.mean)
             else:
-                pairs = [welford(m, s, g, n) for m, s, g in zip(self.mean, m2, g_c)]
-                self.mean, m2 = [p[0] for p in pairs], [p[1] for p in pairs]
-        self.var = [s / (n - 1) for s in m2]
+                self.mean, m2 = welford(self.mean, m2, flatten(g_c), n)
+        self.var = m2 / (n - 1)
 
     def direction(self, g_u, g_c, g_obj):
-        pairs = [ema_moments(m, v, g, self.beta) for m, v, g in zip(self.mean, self.var, g_c)]
-        self.mean, self.var = [p[0] for p in pairs], [p[1] for p in pairs]
-        keep = [probably_aligned(u, m, v, self.quantile) for u, m, v in zip(g_u, self.mean, self.var)]
+        # elementwise over all weights at once: a fixed number of kernels whatever the depth
+        self.mean, self.var = ema_moments(self.mean, self.var, flatten(g_c), self.beta)
+        keep = split_like(probably_aligned(flatten(g_u), self.mean, self.var, self.quantile), g_u)
         return apply_mask(g_obj, keep), keep
