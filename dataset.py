@@ -245,19 +245,19 @@ class TensorData:
 
 
 def augment(x: torch.Tensor, flip: bool, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop with zero padding `pad` (and horizontal flip), per sample, on x's device."""
+    """Random crop with zero padding `pad` (and horizontal flip), per sample, on x's device: two
+    gathers, rows then columns, the flip folded into the column indices (no per-sample loop)."""
     b, c, h, w = x.shape
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=generator)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    out = padded[torch.arange(b, device=x.device)[:, None, None, None],
-                 torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
-    if flip:
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if flip:  # a mirrored sample reads its crop's columns right to left
         mirror = torch.rand(b, device=x.device, generator=generator) < 0.5
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out
+        cols = torch.where(mirror[:, None], cols.flip(1), cols)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))
+    return out.gather(3, (dx[:, None] + cols)[:, None, None, :].expand(b, c, h, w))
 
 
 def validation_split(y: np.ndarray, seed: int, share: float = VAL_SHARE) -> tuple[np.ndarray, np.ndarray]:

@@ -113,6 +113,25 @@ def test_augment_crops_and_flips_per_sample():
     assert torch.equal(out, augment(x.repeat(16, 1, 1, 1), flip=True))  # seeded
 
 
+def test_augment_is_a_padded_crop_then_mirror_with_the_same_draws_as_per_sample_indexing():
+    """Every output is the zero-padded image cropped at the (dy, dx) drawn for it, mirrored when its
+    flip was drawn; the draws (dy, then dx, then the flips) are those of the earlier indexing form,
+    so results made before the gather version are reproduced."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (64, 3, 12, 10), dtype=torch.uint8, generator=g)
+    out = augment(x, flip=True, generator=torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)
+    dy, dx = (torch.randint(0, 9, (64,), generator=draws) for _ in range(2))
+    mirror = torch.rand(64, generator=draws) < 0.5
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(64):
+        crop = padded[i, :, dy[i]:dy[i] + 12, dx[i]:dx[i] + 10]
+        assert torch.equal(out[i], crop.flip(2) if mirror[i] else crop), i
+    assert 0 < mirror.sum() < 64 and len(set(dy.tolist())) > 3
+    plain = augment(x, flip=False, generator=torch.Generator().manual_seed(7))
+    assert all(torch.equal(plain[i], padded[i, :, dy[i]:dy[i] + 12, dx[i]:dx[i] + 10]) for i in range(64))
+
+
 def test_tinyimagenet_folder_layout_is_read_and_cached(tmp_path):
     """A miniature tiny-imagenet-200 folder: 2 classes, 10 train and 2 val images each."""
     from PIL import Image
