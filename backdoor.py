@@ -33,7 +33,6 @@ from dataset import ForgetSplit, TensorData, forget_indices, load_data, split_of
 from evaluation.accuracy import logits_of
 from models import create_model
 from unlearn import cli
-from unlearn.impl import Recipe
 from utils import UserError
 
 CORNERS = {"br": "bottom-right", "bl": "bottom-left", "tr": "top-right", "tl": "top-left"}
@@ -165,7 +164,7 @@ class Backdoor(cli.Forgetting):
     def __init__(self, args: argparse.Namespace):
         self.trigger = trigger_of(args)
         self.target = args.class_to_replace
-        self.device = utils.pick_device(args.gpu)
+        self.device = utils.device_for(args)
         self._sets: tuple[TensorData, ForgetSplit] | None = None
 
     def data(self, args: argparse.Namespace, ckpt: dict | None = None, device=None):
@@ -228,7 +227,7 @@ class Backdoor(cli.Forgetting):
         print(f"{which} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "
               f"{len(split.forget)} poisoned{' and left out' if which == 'ideal' else ''}; target "
               f"{self.target}, trigger {self.trigger}), device {self.device}")
-        recipe = Recipe(**train_recipe(args))
+        recipe = trainer.recipe_of({**vars(args), **train_recipe(args)})
         history, best_epoch, wall = trainer.fit(model, data, train_idx, data.val_idx, recipe, args.seed, args.quiet,
                                                 which)
         acc = trainer.trained_accuracies(model, data, split) | {

@@ -50,7 +50,7 @@ def setup(args: argparse.Namespace):
     """Everything both scripts do before training: device, data, forget set, model."""
     utils.resolve_arch(args)
     validate_recipe(args)
-    device = utils.pick_device(args.gpu)
+    device = utils.device_for(args)
     utils.set_seed(args.seed)
     data = load_data(args.dataset, args.data, args.seed, args.num_classes, args.no_aug, args.subsample)
     split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
@@ -135,7 +135,8 @@ def recipe_of(args) -> Recipe:
     """The training recipe of main_baseline.py / main_ideal.py (args: theirs, or a checkpoint's saved args)."""
     a = args if isinstance(args, dict) else vars(args)
     return Recipe(lr=a["lr"], epochs=a["epochs"], batch_size=a["batch_size"], momentum=a["momentum"],
-                  weight_decay=a["weight_decay"], decreasing_lr=list(a["decreasing_lr"]), warmup=a["warmup"])
+                  weight_decay=a["weight_decay"], decreasing_lr=list(a["decreasing_lr"]), warmup=a["warmup"],
+                  **{k: bool(a.get(k)) for k in utils.SPEED_OPTIONS})
 
 
 def selection_idx(data, forgotten: int | None):

@@ -92,6 +92,26 @@ def pick_device(gpu: int | None) -> torch.device:
     return torch.device("cpu")
 
 
+# Speed options (--amp, --channels_last, --compile) and their default on each device type. An
+# option is on by default only where benchmarks/speed.py measured it faster AND a short run
+# kept accuracy within noise of fp32 eager; on CUDA nothing has been measured, so all are off.
+SPEED_OPTIONS = ("amp", "channels_last", "compile")
+SPEED_DEFAULTS: dict[str, dict[str, bool]] = {
+    "cpu": {"amp": False, "channels_last": False, "compile": False},
+    "cuda": {"amp": False, "channels_last": False, "compile": False},
+}
+
+
+def device_for(args: argparse.Namespace) -> torch.device:
+    """The device of `--gpu`, with the speed options left unset resolved to that device's
+    defaults (so the run's params record what ran)."""
+    device = pick_device(args.gpu)
+    for k in SPEED_OPTIONS:
+        if getattr(args, k, None) is None:
+            setattr(args, k, SPEED_DEFAULTS.get(device.type, {}).get(k, False))
+    return device
+
+
 def set_seed(seed: int) -> None:
     """Seed every generator the toolkit draws from (Python, NumPy, torch)."""
     random.seed(seed)
@@ -285,6 +305,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("device and output")
     g.add_argument("--gpu", type=int, default=None, help="CUDA card index (default 0 when CUDA is available)")
     g.add_argument("--save_dir", default="./results", help="where checkpoints are written (default ./results)")
+    on = {k: [d for d, v in SPEED_DEFAULTS.items() if v[k]] for k in SPEED_OPTIONS}
+
+    def default(k):
+        return f"on by default on {', '.join(on[k])}" if on[k] else "off by default on every device"
+    g = parser.add_argument_group("speed (the choice is recorded in the run's params; see benchmarks/speed.py)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="train and unlearn in bf16 autocast; weights, gradients, optimizer state and batch-norm "
+                        f"statistics stay fp32, evaluation runs in fp32 ({default('amp')})")
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"channels-last memory layout for the convolutions while training ({default('channels_last')})")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"torch.compile the model's forward while training ({default('compile')})")
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:

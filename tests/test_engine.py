@@ -406,3 +406,48 @@ def test_flat_adam_step_equals_the_per_parameter_loop_bit_for_bit(masked):
         assert torch.equal(a, b)
     for k in ("m", "v", "t"):
         assert all(torch.equal(x, y) for x, y in zip(state[k].views, ref_state[k]))
+
+
+# ------------------------------------------------------------ speed options
+def _unlearned(trained, digits, **options):
+    data, split = digits
+    model = copy.deepcopy(trained)
+    run(model, data, split.forget, split.retain, *make("NegGrad+VarGrad"),
+        Recipe(lr=0.02, epochs=2, batch_size=64, **options), seed=5, progress=False)
+    return model
+
+
+def test_bf16_autocast_agrees_with_fp32_and_keeps_state_fp32(trained, digits):
+    """--amp: the forwards run in bf16 (so the weights differ from fp32's), the weights, batch-norm
+    statistics and the result stay fp32 and within a small tolerance of the fp32 run."""
+    data, split = digits
+    fp32, bf16 = _unlearned(trained, digits), _unlearned(trained, digits, amp=True)
+    moved = [(a - t).abs().max().item() for a, t in zip(fp32.state_dict().values(), trained.state_dict().values())
+             if a.is_floating_point()]
+    for (k, a), b in zip(fp32.state_dict().items(), bf16.state_dict().values()):
+        assert b.dtype == a.dtype, k
+        if a.is_floating_point():
+            assert torch.allclose(a, b, rtol=0.05, atol=0.02 * max(moved)), k
+    assert not all(torch.equal(a, b) for a, b in zip(fp32.state_dict().values(), bf16.state_dict().values()))
+    acc = [split_accuracies(m, data, split.forget, split.retain) for m in (fp32, bf16)]
+    assert abs(acc[0]["TA"] - acc[1]["TA"]) < 2 and abs(acc[0]["RA"] - acc[1]["RA"]) < 2
+
+
+def test_channels_last_gives_the_fp32_weights_and_restores_the_layout(trained, digits):
+    plain, last = _unlearned(trained, digits), _unlearned(trained, digits, channels_last=True)
+    for (k, a), b in zip(plain.state_dict().items(), last.state_dict().items()):
+        assert b[1].is_contiguous(), k  # the model leaves the run in the layout it came in
+        assert torch.allclose(a, b[1], rtol=1e-4, atol=1e-6), k
+
+
+def test_speed_options_resolve_to_the_device_defaults_and_keep_what_was_given():
+    import argparse
+
+    import utils
+    p = argparse.ArgumentParser()
+    utils.add_common_args(p)
+    unset, given = p.parse_args([]), p.parse_args(["--amp", "--no-channels_last"])
+    assert unset.amp is None and utils.device_for(unset).type == "cpu"
+    assert {k: getattr(unset, k) for k in utils.SPEED_OPTIONS} == utils.SPEED_DEFAULTS["cpu"]
+    utils.device_for(given)
+    assert given.amp is True and given.channels_last is False

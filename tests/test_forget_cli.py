@@ -15,6 +15,8 @@ import torch
 from conftest import EPOCHS, REPO, run_in_process, run_script
 from mlflow import MlflowClient
 
+import utils
+
 pytestmark = pytest.mark.slow
 
 
@@ -44,6 +46,9 @@ def test_papers_command_logs_a_complete_run(digits_models, tmp_path):
     assert p["beta"] == "0.9" and p["quantile"] == "0.55" and p["unlearn"] == "VarGrad"
     assert p["method"] == "GA" and p["addon"] == "VarGrad" and p["addon.quantile"] == "0.55"
     assert p["recipe_lr"] == "0.0001" and p["recipe_epochs"] == "4"
+    # the speed options left unset are resolved to the device's defaults and recorded
+    assert {k: p[k] for k in ("amp", "channels_last", "compile")} == {
+        k: str(v) for k, v in utils.SPEED_DEFAULTS["cpu"].items()}
     for k in ("RA", "FA", "UA", "TA", "VA", "RTE", "eval_time"):
         assert k in m
     assert m["UA"] == pytest.approx(100 - m["FA"]) and m["RA"] > 90

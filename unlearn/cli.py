@@ -219,7 +219,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
     if trained_on != args.subsample:
         raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
                         f"{args.subsample}: pass the same share")
-    device = utils.pick_device(args.gpu)
+    device = utils.device_for(args)
     utils.set_seed(args.seed)
     data, split = scenario.data(args, ckpt, device)
     save_dir = utils.check_writable(args.save_dir)  # after the data: a missing data set creates no folder
@@ -251,14 +251,16 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
             raise UserError(f"{path} does not record its training recipe ({e} missing), which retrain repeats: "
                             f"retrain it with {baseline_command(args, path)}") from None
         recipe = dataclasses.replace(trained_with, lr=args.unlearn_lr or trained_with.lr,
-                                     epochs=args.unlearn_epochs or trained_with.epochs)
+                                     epochs=args.unlearn_epochs or trained_with.epochs,
+                                     **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
     else:
         recipe = Recipe(lr=args.unlearn_lr or mcls.unlearn_lr, epochs=args.unlearn_epochs or mcls.unlearn_epochs,
                         batch_size=args.batch_size,
                         momentum=mcls.unlearn_momentum if args.momentum is None else args.momentum,
                         weight_decay=mcls.unlearn_weight_decay if args.weight_decay is None else args.weight_decay,
                         decreasing_lr=args.decreasing_lr, warmup=args.warmup,
-                        optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats)
+                        optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats,
+                        **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     polarities = polarity(split.is_class_forgetting)
     ideal_path, ideal_ckpt = scenario.ideal(args, split)

@@ -69,6 +69,9 @@ class Recipe:
     warmup: int = 0  # epochs of linear warm-up from lr / steps to lr
     optimizer: str = "sgd"  # "sgd" or "adam"
     bn_stats: str = "update"  # "freeze": batch-norm running statistics never change
+    amp: bool = False  # forwards in bf16 autocast (weights, gradients, optimizer state stay fp32)
+    channels_last: bool = False  # channels-last layout of the model's 4-d weights during the run
+    compile: bool = False  # torch.compile the model's forward for the run
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -251,8 +254,9 @@ def gradients(loss: Tensor, params: list[Tensor], retain_graph: bool = False) ->
 class _Gradients:
     """Gradients on demand, for the step and for an add-on's `prepare` (the prepare stream)."""
 
-    def __init__(self, model: nn.Module, stream: _Stream, batch_size: int):
-        self.model, self.stream, self.bs = model, stream, batch_size
+    def __init__(self, model: nn.Module, stream: _Stream, batch_size: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.model, self.stream, self.bs, self.autocast = model, stream, batch_size, autocast
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def of(self, loss: Tensor, retain_graph: bool = False) -> Grads:
@@ -263,7 +267,9 @@ class _Gradients:
         with frozen_bn_stats(self.model):
             for _ in range(n):
                 b = self.stream.cycled("retain", self.bs)
-                yield self.of(F.cross_entropy(self.model(b.x), b.y))
+                with self.autocast():
+                    loss = F.cross_entropy(self.model(b.x), b.y)
+                yield self.of(loss)
 
     def forget_grad_sum(self) -> Grads:
         forget = self.stream.sets["forget"]
@@ -274,7 +280,9 @@ class _Gradients:
         total = [torch.zeros_like(p) for p in self.params]
         for idx in forget.split(self.bs):
             x, y = self.stream.data.batch(idx, train=False)
-            for t, g in zip(total, self.of(-F.cross_entropy(self.model(x), y, reduction="sum"))):
+            with self.autocast():
+                loss = -F.cross_entropy(self.model(x), y, reduction="sum")
+            for t, g in zip(total, self.of(loss)):
                 t.add_(g)
         self.model.train(was_training)
         return total
@@ -322,12 +330,32 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     mine = _Stream(data, forget, retain, seed, device)
     theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
     method.adapt(model, mine.gen)
+    if recipe.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every batch but an epoch's last has the same shape
     try:
         return _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end,
                     progress, desc, on_state, resume)
     finally:
         method.restore(model)
+        if recipe.channels_last:
+            model.to(memory_format=torch.contiguous_format)
         model.eval()
+
+
+class _Forward:
+    """How the loop calls the model: the module itself, or its torch.compile'd forward (same
+    parameters), under bf16 autocast when the recipe says so. Batch norm runs in fp32 under
+    autocast (its weights and running statistics are never cast)."""
+
+    def __init__(self, model: nn.Module, recipe: Recipe):
+        self.model = torch.compile(model) if recipe.compile else model
+        self.amp = recipe.amp
+        self.device_type = next(model.parameters()).device.type
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
 
 def context(model: nn.Module, data, forget: Tensor, retain: Tensor, generator: torch.Generator | None,
@@ -341,7 +369,9 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
          on_state=None, resume=None):
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
-    grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), recipe.batch_size)
+    fwd = _Forward(model, recipe)
+    grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), recipe.batch_size,
+                       fwd.autocast)
     stepper = _Stepper(params, recipe)
     model.train()
     bn = frozen_bn_stats(model) if recipe.bn_stats == "freeze" else contextlib.nullcontext()
@@ -360,7 +390,7 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
         for epoch in range(first, recipe.epochs):
             sync(device)
             t0 = time.perf_counter()
-            record = _epoch(model, method, addon, recipe, epoch, mine, theirs, grads, stepper, progress, desc)
+            record = _epoch(fwd, method, addon, recipe, epoch, mine, theirs, grads, stepper, progress, desc)
             sync(device)
             record["time_s"] = time.perf_counter() - t0
             if on_epoch_end is not None:
@@ -375,9 +405,10 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
     return model, history
 
 
-def _epoch(model, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine: _Stream, theirs: _Stream,
-           grads: _Gradients, stepper: _Stepper, progress: bool, desc: str) -> dict:
+def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine: _Stream,
+           theirs: _Stream, grads: _Gradients, stepper: _Stepper, progress: bool, desc: str) -> dict:
     """One epoch: every pass the method declares, in order."""
+    model = fwd.model
     passes = [(p, p.batch_size or recipe.batch_size) for p in method.passes(epoch)]
     walks = [(p, size, mine.walk(p, size)) for p, size in passes]
     steps = sum(len(w) for _, _, w in walks)
@@ -390,16 +421,20 @@ def _epoch(model, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine
     for p, size, walk in walks:
         for chunk, flags in walk:
             b = mine.draw(p, chunk, flags, size)
-            terms = method.losses(model, b["forget"], b["retain"], Progress(epoch, recipe.epochs, step, steps, p.name))
+            with fwd.autocast():
+                terms = method.losses(model, b["forget"], b["retain"],
+                                      Progress(epoch, recipe.epochs, step, steps, p.name))
             own = [terms[k] for k in ("unlearn", "utility") if k in terms]
             if addon.needs:
                 l_u, l_c = terms.get("unlearn"), terms.get("utility")
                 if l_u is None and "unlearn" in addon.needs:  # for the add-on only
                     f = b["forget"] if b["forget"] is not None and len(b["forget"].y) else theirs.cycled("forget", size)
-                    l_u = -F.cross_entropy(model(f.x), f.y)
+                    with fwd.autocast():
+                        l_u = -F.cross_entropy(model(f.x), f.y)
                 if l_c is None and "utility" in addon.needs:
                     r = b["retain"] if b["retain"] is not None and len(b["retain"].y) else theirs.cycled("retain", size)
-                    l_c = F.cross_entropy(model(r.x), r.y)
+                    with fwd.autocast():
+                        l_c = F.cross_entropy(model(r.x), r.y)
                 g_u = grads.of(l_u, retain_graph=l_c is not None) if l_u is not None else None
                 g_c = grads.of(l_c) if l_c is not None else None
                 parts = [g for k, g in (("unlearn", g_u), ("utility", g_c)) if k in terms]
