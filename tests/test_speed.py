@@ -1,0 +1,60 @@
+"""benchmarks/speed.py in its test-size mode: it runs every section and writes its JSON.
+No figure is asserted against a time (speed is read from the script's output, never tested)."""
+
+import json
+
+import pytest
+
+from benchmarks import speed
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_every_section(tmp_path):
+    out = tmp_path / "speed.json"
+    report = speed.main(["--quick", "--out", str(out)])
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(report))
+    assert set(speed.SECTIONS) <= set(written) and written["quick"] is True
+    assert written["machine"]["device"] == "cpu" and written["machine"]["cpu_threads"] >= 1
+    for shape in ("32x32x3", "28x28x1"):
+        row = written["data"][shape]
+        assert row["ours_img_s"] > 0 and row["torchvision_0_workers_img_s"] > 0
+        best = max(row["torchvision_0_workers_img_s"], row["torchvision_2_workers_img_s"])
+        assert row["ratio_ours_over_best_torchvision"] == pytest.approx(row["ours_img_s"] / best)
+    assert {k.split()[0] for k in written["epoch"]} == {"FT", "GA"}
+    for row in written["epoch"].values():
+        assert row["ratio_papers_over_ours"] == pytest.approx(row["papers_style_s"] / row["ours_s"])
+        assert row["device_defaults"] == "channels_last"  # the CPU's defaults, utils.SPEED_DEFAULTS
+    throughput = written["options"]["throughput"]
+    assert set(throughput) == {"convnet 28x28x1", "smallcnn 8x8x1", "convnet 32x32x3"}
+    for rows in throughput.values():  # quick mode leaves compile out
+        assert set(rows) == {"fp32 eager", "amp", "channels_last", "amp+channels_last"}
+        assert rows["fp32 eager"]["speedup_over_fp32_eager"] == 1.0
+    accuracy = written["options"]["accuracy"]
+    assert "fp32 eager" in accuracy["sets"] and accuracy["dataset"] == "digits"
+    for row in accuracy["sets"].values():
+        assert 0 <= row["mean"] <= 100
+    loop_methods = {m for m, cls in speed.METHODS.items() if cls.kind == "loop"}
+    assert set(written["addons"]) == loop_methods
+    for row in written["addons"].values():
+        assert set(row) == set(speed.ADDONS) and row["none"]["ratio_over_none"] == 1.0
+    for name, row in written["eval"].items():
+        assert row["total_s"] >= row["svc_attack_s"] > 0 and row["loss_attack_s"] > 0, name
+
+
+@pytest.mark.slow
+def test_update_replaces_only_the_sections_run(tmp_path):
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--sections", "eval", "--out", str(out)])
+    first = json.loads(out.read_text())
+    speed.main(["--quick", "--sections", "data", "--out", str(out), "--update"])
+    both = json.loads(out.read_text())
+    assert both["eval"] == first["eval"] and "data" in both
+    assert set(both["section_run_at"]) == {"eval", "data"}
+    speed.main(["--quick", "--sections", "data", "--out", str(out)])  # without --update: a fresh file
+    assert "eval" not in json.loads(out.read_text())
+
+
+def test_an_unknown_section_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="unknown section"):
+        speed.main(["--quick", "--sections", "data,bogus", "--out", str(tmp_path / "s.json")])
