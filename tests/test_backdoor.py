@@ -105,6 +105,7 @@ def test_the_suggested_ideal_command_repeats_the_training_recipe(tmp_path):
     assert backdoor.trigger_of(again) == backdoor.trigger_of(args)
 
 
+@pytest.mark.slow
 def test_missing_n_gives_one_line_error_and_exit_2(tmp_path):
     proc = run_script("main_backdoor.py", "--dataset", "digits", "--save_dir", str(tmp_path), check=False)
     assert proc.returncode == 2
@@ -135,6 +136,7 @@ def asr_and_ta(path, trigger=WHITE_2X2):
             accuracy(logits_of(model, data, data.x_test), data.y_test), ckpt)
 
 
+@pytest.mark.slow
 def test_training_on_the_poisoned_set_plants_the_backdoor(backdoored):
     asr, ta, ckpt = asr_and_ta(backdoored["path"])
     assert asr > 80 and ta > 90
@@ -149,6 +151,7 @@ def test_training_on_the_poisoned_set_plants_the_backdoor(backdoored):
     assert asr_i < 10 and ta_i > 90
 
 
+@pytest.mark.slow
 def test_a_model_of_another_poisoned_set_is_refused(backdoored):
     args = args_of(backdoored["save"], "--mask", str(backdoored["path"]), "--trigger_pattern", "checker",
                    "--tracking_uri", backdoored["uri"])
@@ -160,6 +163,7 @@ def test_a_model_of_another_poisoned_set_is_refused(backdoored):
 CLEANSING = [("GA", "0.002", "5"), ("GA+VarGrad", "0.002", "5"), ("FT+VarGrad", "0.1", "5")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, lr, epochs", CLEANSING)
 def test_unlearning_the_poisoned_set_removes_the_backdoor_and_keeps_clean_accuracy(backdoored, spec, lr, epochs):
     m = backdoor.main(args_of(backdoored["save"], "--unlearn", spec, "--unlearn_lr", lr, "--unlearn_epochs", epochs),
@@ -168,6 +172,7 @@ def test_unlearning_the_poisoned_set_removes_the_backdoor_and_keeps_clean_accura
     assert m["ASR"] < 40 < before - 40 and m["TA"] > ta_before - 10
 
 
+@pytest.mark.slow
 def test_run_logs_asr_before_and_after_and_the_benchmark_tables_it(backdoored, capsys):
     args = args_of(backdoored["save"], "--unlearn", "GA", "--unlearn_lr", "0.002", "--tracking_uri", backdoored["uri"])
     m = backdoor.main(args)

@@ -100,6 +100,7 @@ def test_real_fashion_mnist_shapes_classes_and_split(fashion):
     assert 0.2 < fashion.mean.item() < 0.4  # Fashion-MNIST's pixel mean is 0.286
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_convnet_beats_80_percent_after_one_epoch(fashion):
     from evaluation.accuracy import accuracy, logits_of

@@ -43,6 +43,7 @@ def test_generation_counts_no_duplicates_and_lines_parse(tmp_path):
     assert all("--alpha" not in line for line in params if "--unlearn GA+VarGrad" in line)
 
 
+@pytest.mark.slow
 def test_array_param_file_writes_both_files_and_says_how_many(tmp_path):
     proc = run_script("array_param_file.py", "--out_dir", str(tmp_path), "--seeds", "1", "--unlearn", "GA", "FT")
     assert "base_params.txt: 3 lines" in proc.stdout and "params.txt: 4 lines" in proc.stdout
@@ -74,6 +75,7 @@ def test_malformed_line_reports_its_number(tmp_path):
         read_params(f)
 
 
+@pytest.mark.slow
 def test_runner_bad_jobs_and_missing_file(tmp_path):
     proc = run_script("run_params.py", str(tmp_path / "none.txt"), check=False)
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
