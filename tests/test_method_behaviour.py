@@ -1,0 +1,247 @@
+"""Each method's loss terms, each add-on's inputs and the loop's wiring, checked against values
+computed by hand on tiny models and hand-made tensors: a term with the wrong weight, sign or
+set, a pass one epoch too long, or a term meant for the add-on leaking into the step fails here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dataset import TensorData
+from evaluation.closeness import relative_ua
+from unlearn import make
+from unlearn.addons.mask import sign_agreement
+from unlearn.addons.salun import SalUn
+from unlearn.impl import Recipe, _batches, _Gradients, _Stream, run
+from unlearn.methods.bad_teacher import BadTeacher
+from unlearn.methods.common import Batch, Context, Progress, kl_to_teacher
+from unlearn.methods.l1_sparse import FTL1
+from unlearn.methods.neggrad_plus import NegGradPlus
+from unlearn.methods.rl import RL
+from unlearn.methods.scrub import SCRUB
+
+
+def _linear(seed: int = 0, classes: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, classes))
+
+
+def _batch(n: int, seed: int, classes: int = 3) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(n, 1, 2, 2, generator=g), torch.randint(0, classes, (n,), generator=g))
+
+
+P0 = Progress(0, 2, 0, 4)
+
+
+def test_neggrad_plus_weights_retain_by_alpha_and_forget_by_one_minus_alpha():
+    model, f, r = _linear(), _batch(5, 1), _batch(7, 2)
+    terms = NegGradPlus(alpha=0.8).losses(model, f, r, P0)
+    ce_f, ce_r = F.cross_entropy(model(f.x), f.y), F.cross_entropy(model(r.x), r.y)
+    assert terms["unlearn"].item() == pytest.approx(-0.2 * ce_f.item(), rel=1e-6)
+    assert terms["utility"].item() == pytest.approx(0.8 * ce_r.item(), rel=1e-6)
+
+
+def test_rl_split_draws_uniform_labels_from_the_run_stream_and_weights_both_terms_one():
+    model, f, r = _linear(), _batch(6, 1), _batch(8, 2)
+    m = RL()
+    gen = torch.Generator().manual_seed(11)
+    m.setup(Context(model, 3, 6, 8, gen))
+    twin = torch.Generator().manual_seed(11)
+    expected_labels = torch.randint(0, 3, (6,), generator=twin)
+    u = m.losses(model, f, None, P0)
+    assert set(u) == {"unlearn"}  # the forget pass has no retain term
+    assert u["unlearn"].item() == pytest.approx(F.cross_entropy(model(f.x), expected_labels).item(), rel=1e-6)
+    c = m.losses(model, None, r, P0)
+    assert "unlearn" not in c
+    assert c["utility"].item() == pytest.approx(F.cross_entropy(model(r.x), r.y).item(), rel=1e-6)
+    # Unlearn-Saliency's RL draws from all classes: over many draws each class, the true one included
+    many = torch.stack([m.random_labels(torch.zeros(50, dtype=torch.long)) for _ in range(20)])
+    assert set(many.flatten().tolist()) == {0, 1, 2}
+
+
+def test_rl_union_splits_the_batch_mean_into_its_forget_and_retain_rows():
+    model, f, r = _linear(), _batch(3, 1), _batch(9, 2)
+    m = RL(rl_mode="union")
+    m.setup(Context(model, 3, 3, 9, torch.Generator().manual_seed(5)))
+    labels = torch.randint(0, 3, (3,), generator=torch.Generator().manual_seed(5))
+    t = m.losses(model, f, r, P0)
+    n = 12
+    assert t["unlearn"].item() == pytest.approx(
+        F.cross_entropy(model(f.x), labels, reduction="sum").item() / n, rel=1e-6)
+    assert t["utility"].item() == pytest.approx(F.cross_entropy(model(r.x), r.y, reduction="sum").item() / n,
+                                                rel=1e-6)
+
+
+@pytest.mark.parametrize("msteps", [0, 1, 2, 3])
+def test_scrub_max_passes_run_exactly_while_epoch_below_msteps(msteps):
+    m = SCRUB(msteps=msteps, forget_batch_size=17)
+    for epoch in range(5):
+        names = [p.name for p in m.passes(epoch)]
+        assert names == (["max", "min"] if epoch < msteps else ["min"]), epoch
+        if epoch < msteps:
+            assert m.passes(epoch)[0].over == "forget" and m.passes(epoch)[0].batch_size == 17
+
+
+def test_scrub_terms_are_minus_kl_on_forget_and_gamma_ce_plus_alpha_kl_on_retain():
+    model, f, r = _linear(0), _batch(5, 1), _batch(6, 2)
+    teacher = _linear(3)
+    m = SCRUB(alpha=0.3, gamma=0.6, kd_T=2.0)
+    m.setup(Context(teacher, 3, 5, 6))
+    u = m.losses(model, f, None, P0)["unlearn"]
+    assert u.item() == pytest.approx(-kl_to_teacher(model(f.x), teacher(f.x), 2.0).item(), rel=1e-5)
+    c = m.losses(model, None, r, P0)["utility"]
+    want = 0.6 * F.cross_entropy(model(r.x), r.y) + 0.3 * kl_to_teacher(model(r.x), teacher(r.x), 2.0)
+    assert c.item() == pytest.approx(want.item(), rel=1e-5)
+    # KL(teacher || student) at T: T^2 * mean over rows of sum p_t (log p_t - log p_s)
+    pt, ps = F.softmax(teacher(r.x) / 2, 1), F.log_softmax(model(r.x) / 2, 1)
+    by_hand = 4 * (pt * (pt.log() - ps)).sum(1).mean()
+    assert kl_to_teacher(model(r.x), teacher(r.x), 2.0).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_ft_l1_penalty_decays_linearly_to_zero_over_the_run():
+    model, r = _linear(), _batch(6, 2)
+    m = FTL1(alpha=0.01)
+    ce = F.cross_entropy(model(r.x), r.y).item()
+    l1 = sum(p.abs().sum() for p in model.parameters()).item()
+    for progress, share in ((Progress(0, 4, 0, 10), 1.0), (Progress(1, 4, 5, 10), 1 - 1.5 / 4),
+                            (Progress(3, 4, 9, 10), 1 - 3.9 / 4)):
+        u = m.losses(model, None, r, progress)["utility"].item()
+        assert u == pytest.approx(ce + 0.01 * share * l1, rel=1e-6)
+
+
+def test_bad_teacher_distils_forget_rows_to_a_random_network_and_retain_rows_to_the_original():
+    model, f, r = _linear(0), _batch(4, 1), _batch(6, 2)
+    original = _linear(7)
+    m = BadTeacher(kd_T=1.0)
+    m.setup(Context(original, 3, 4, 6))
+    assert all(torch.equal(a, b) for a, b in zip(m.good.state_dict().values(), original.state_dict().values()))
+    assert not any(torch.equal(a, b) for a, b in zip(m.bad.state_dict().values(), original.state_dict().values()))
+    t = m.losses(model, f, r, P0)
+    assert t["unlearn"].item() == pytest.approx(kl_to_teacher(model(f.x), m.bad(f.x), 1.0, 10).item(), rel=1e-5)
+    assert t["utility"].item() == pytest.approx(kl_to_teacher(model(r.x), original(r.x), 1.0, 10).item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------ add-on inputs
+class _Source:
+    def __init__(self, forget_sum, retain):
+        self.forget_sum, self.retain = forget_sum, retain
+
+    def forget_grad_sum(self):
+        return self.forget_sum
+
+    def retain_grads(self, n):
+        return iter([self.retain] * n)
+
+
+def test_salun_saliency_is_read_from_the_forget_gradient():
+    forget_sum = [torch.tensor([5.0, -0.1, 0.2, -4.0])]
+    retain = [torch.tensor([0.1, 9.0, 8.0, 0.1])]
+    addon = SalUn(quantile=0.5)
+    addon.prepare(_Source(forget_sum, retain))
+    assert addon.keep[0].tolist() == [True, False, False, True]
+
+
+def _tiny_data(n_forget: int, n_retain: int) -> tuple[TensorData, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    n = n_forget + n_retain
+    x = torch.randint(0, 256, (n, 1, 2, 2), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    data = TensorData("tiny", x, y, x[:0], y[:0], torch.arange(n), torch.arange(0), 3,
+                      torch.tensor([0.5]), torch.tensor([0.25]), "none")
+    return data, torch.arange(n_forget), torch.arange(n_forget, n)
+
+
+def test_forget_gradient_sum_is_the_eval_mode_sum_over_the_whole_forget_set():
+    data, forget, retain = _tiny_data(10, 6)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    model.train()
+    src = _Gradients(model, _Stream(data, forget, retain, 0, torch.device("cpu")), batch_size=4)
+    got = src.forget_grad_sum()
+    assert model.training  # the mode it was in
+    model.eval()
+    x, y = data.batch(forget)
+    want = torch.autograd.grad(-F.cross_entropy(model(x), y, reduction="sum"), list(model.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want))
+
+
+def test_add_on_warm_up_leaves_weights_batch_norm_state_and_mode_untouched():
+    data, forget, retain = _tiny_data(4, 40)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    src = _Gradients(model, _Stream(data, forget, retain, 0, torch.device("cpu")), batch_size=8)
+    grads = list(src.retain_grads(3))
+    assert len(grads) == 3 and model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running mean/var and num_batches_tracked included
+    assert not torch.equal(grads[0][0], grads[1][0])  # three different batches
+
+
+# ------------------------------------------------------------------------ wiring
+def _one_step(spec: str, n_forget: int = 6, n_retain: int = 10, **hyper):
+    """One SGD step (lr 1, no momentum, no decay) of `spec` with whole-set batches, and the
+    gradients of -CE(D_F) and CE(D_R) at the starting point."""
+    data, forget, retain = _tiny_data(n_forget, n_retain)
+    model = _linear(1)
+    start = [p.detach().clone() for p in model.parameters()]
+    xf, yf = data.batch(forget)
+    xr, yr = data.batch(retain)
+    params = list(model.parameters())
+    g_u = torch.autograd.grad(-F.cross_entropy(model(xf), yf), params)
+    g_c = torch.autograd.grad(F.cross_entropy(model(xr), yr), params)
+    run(model, data, forget, retain, *make(spec, **hyper),
+        Recipe(lr=1.0, epochs=1, batch_size=64, momentum=0.0, weight_decay=0.0), seed=0, progress=False)
+    step = [s - p.detach() for s, p in zip(start, model.parameters())]  # = lr * d
+    return step, g_u, g_c
+
+
+def _close(a, b):
+    return all(torch.allclose(x, y, atol=1e-6) for x, y in zip(a, b))
+
+
+def test_ga_steps_along_the_forget_gradient_and_ga_mask_along_its_masked_part_only():
+    step, g_u, g_c = _one_step("GA")
+    assert _close(step, g_u)
+    step, g_u, g_c = _one_step("GA+Mask")
+    # the retain gradient is computed for the mask only: it decides, it does not add
+    assert _close(step, [u * sign_agreement(u, c) for u, c in zip(g_u, g_c)])
+    assert not _close(step, [u + c for u, c in zip(g_u, g_c)])
+
+
+def test_ft_mask_steps_along_the_masked_retain_gradient():
+    step, g_u, g_c = _one_step("FT")
+    assert _close(step, g_c)
+    step, g_u, g_c = _one_step("FT+Mask")
+    assert _close(step, [c * sign_agreement(u, c) for u, c in zip(g_u, g_c)])
+
+
+def test_neggrad_plus_steps_along_both_terms_with_and_without_mask():
+    alpha = 0.6
+    step, g_u, g_c = _one_step("NegGrad+", alpha=alpha)
+    want = [(1 - alpha) * u + alpha * c for u, c in zip(g_u, g_c)]
+    assert _close(step, want)
+    step, g_u, g_c = _one_step("NegGrad+Mask", alpha=alpha)
+    # Mask reads the two weighted terms' gradients; their signs are those of g_u and g_c
+    assert _close(step, [w * sign_agreement(u, c) for w, u, c in zip(want, g_u, g_c)])
+
+
+# ------------------------------------------------------------------ batching edges
+@pytest.mark.parametrize("n,size,lengths", [(9, 4, [4, 5]), (8, 4, [4, 4]), (1, 4, [2]), (4, 4, [4]),
+                                            (5, 4, [5]), (10, 3, [3, 3, 4])])
+def test_batches_cover_every_index_once_and_never_leave_a_batch_of_one(n, size, lengths):
+    chunks = _batches(torch.arange(n) + 100, size, torch.Generator().manual_seed(0))
+    assert sorted(len(c) for c in chunks) == sorted(lengths)
+    got = torch.cat(chunks).tolist()
+    assert sorted(got) == ([100, 100] if n == 1 else list(range(100, 100 + n)))
+
+
+# ----------------------------------------------------------------------- metrics
+@pytest.mark.parametrize("ua,orig,ideal,want", [(50, 80, 20, 0.5), (50, 20, 80, 0.5), (90, 80, 20, -1 / 6),
+                                                (10, 80, 20, 70 / 60)])
+def test_rua_is_the_signed_share_of_the_way_from_original_to_ideal(ua, orig, ideal, want):
+    assert relative_ua(ua, orig, ideal) == pytest.approx(want)
