@@ -438,7 +438,8 @@ def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: i
                 g_u = grads.of(l_u, retain_graph=l_c is not None) if l_u is not None else None
                 g_c = grads.of(l_c) if l_c is not None else None
                 parts = [g for k, g in (("unlearn", g_u), ("utility", g_c)) if k in terms]
-                g_obj = [sum(gs) for gs in zip(*parts)]
+                # new tensors, as the add-on may change them in place (one foreach call each, not one per weight)
+                g_obj = torch._foreach_add(*parts) if len(parts) == 2 else torch._foreach_mul(parts[0], 1.0)
             else:
                 g_u = g_c = None
                 g_obj = grads.of(sum(own))
