@@ -142,3 +142,22 @@ def test_svc_cap_subsamples_both_sides_with_a_seed():
     assert capped == model_metrics(out, seed=1, svc_max=100)  # seeded: the same subsample again
     assert model_metrics(out, seed=1, svc_max=1000) == full  # a cap above the sizes changes nothing
     assert {k: v for k, v in capped.items() if "MIA" not in k} == {k: v for k, v in full.items() if "MIA" not in k}
+
+
+def test_closeness_edges_rua_threshold_single_and_empty_sets():
+    import warnings
+
+    from evaluation.closeness import MIN_RUA_DENOMINATOR, gaussian_fit, logit_fid, mean_kl, relative_ua
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert math.isnan(relative_ua(5.0, 10.0, 10.0 + MIN_RUA_DENOMINATOR / 2))
+    # exactly at the threshold rUA is defined
+    assert relative_ua(MIN_RUA_DENOMINATOR / 2, 0.0, MIN_RUA_DENOMINATOR) == pytest.approx(0.5)
+    one = torch.tensor([[1.0, 2.0, 4.0]])
+    mu, cov = gaussian_fit(one)  # one sample: its mean, no spread
+    assert np.array_equal(mu, [1.0, 2.0, 4.0]) and np.array_equal(cov, np.zeros((3, 3)))
+    two = torch.tensor([[0.0, 0.0], [2.0, 4.0]])
+    assert np.allclose(gaussian_fit(two)[1], [[2.0, 4.0], [4.0, 8.0]])  # unbiased
+    assert logit_fid(one, one + 1) == pytest.approx(3.0)  # mean gap only
+    empty = torch.empty(0, 3)
+    assert math.isnan(logit_fid(empty, empty)) and math.isnan(mean_kl(empty, empty))

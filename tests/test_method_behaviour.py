@@ -245,3 +245,32 @@ def test_batches_cover_every_index_once_and_never_leave_a_batch_of_one(n, size, 
                                                 (10, 80, 20, 70 / 60)])
 def test_rua_is_the_signed_share_of_the_way_from_original_to_ideal(ua, orig, ideal, want):
     assert relative_ua(ua, orig, ideal) == pytest.approx(want)
+
+
+def test_ga_l1_penalty_decays_from_alpha_to_zero_and_ft_l1_logs_retain_accuracy():
+    from unlearn.methods.common import l1_norm
+    from unlearn.methods.l1_sparse import GAL1
+    model, f, r = _linear(), _batch(5, 1), _batch(5, 2)
+    m = GAL1(alpha=0.01)
+    for fraction in (0.0, 0.25, 0.75):
+        progress = Progress(int(fraction * 4), 4, 0, 2)
+        assert progress.fraction == pytest.approx(fraction)
+        t = m.losses(model, f, None, progress)
+        assert t["unlearn"].item() == pytest.approx(-F.cross_entropy(model(f.x), f.y).item(), rel=1e-6)
+        assert t["utility"].item() == pytest.approx(0.01 * (1 - fraction) * l1_norm(model).item(), rel=1e-6)
+    logged = FTL1().losses(model, None, r, P0)
+    assert set(logged) == {"utility", "retain_acc"}
+
+
+def test_eu_k_reinitialisation_draws_from_the_run_generator():
+    from unlearn.methods.eu_k import reinitialise
+
+    def fresh(seed):
+        layer = nn.Linear(4, 3)
+        reinitialise([layer], torch.Generator().manual_seed(seed))
+        return layer.weight.detach().clone()
+
+    torch.manual_seed(0)
+    a = fresh(1)
+    torch.manual_seed(99)  # the global generator does not matter
+    assert torch.equal(a, fresh(1)) and not torch.equal(a, fresh(2))
