@@ -55,6 +55,10 @@ def test_every_method_with_every_addon_takes_finite_steps(digits, trained, metho
     assert [h["steps"] for h in hist] == [sum(1 + (p.over == "union") for p in m.passes(e)) for e in range(2)]
     for h in hist:
         assert all(math.isfinite(v) for k, v in h.items() if isinstance(v, float)), h
+        # the record holds the loop's figures and the method's terms and accuracies, under their names
+        terms = set(h) - {"epoch", "lr", "steps", "time_s", "kept_share"}
+        assert terms <= {"unlearn", "utility", "forget_acc", "retain_acc", "relabelled"}, h  # relabelled: BS
+        assert terms & {"unlearn", "utility"}, h
     moved = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
     assert moved > 0, f"{method}+{addon} moved no parameter"
     if addon == "none":

@@ -161,3 +161,10 @@ def test_closeness_edges_rua_threshold_single_and_empty_sets():
     assert logit_fid(one, one + 1) == pytest.approx(3.0)  # mean gap only
     empty = torch.empty(0, 3)
     assert math.isnan(logit_fid(empty, empty)) and math.isnan(mean_kl(empty, empty))
+
+
+def test_frechet_distance_of_small_variances():
+    # variances below 1 (logits of a confident model on few samples): the root of each eigenvalue
+    s1, s2 = np.array([0.01, 0.25, 0.5]), np.array([0.04, 0.09, 0.5])
+    expected = float(((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum())
+    assert frechet_distance(np.zeros(3), np.diag(s1), np.zeros(3), np.diag(s2)) == pytest.approx(expected)

@@ -274,3 +274,14 @@ def test_eu_k_reinitialisation_draws_from_the_run_generator():
     a = fresh(1)
     torch.manual_seed(99)  # the global generator does not matter
     assert torch.equal(a, fresh(1)) and not torch.equal(a, fresh(2))
+
+
+def test_union_passes_need_both_sets():
+    from unlearn.addons.none import NoAddon
+    from unlearn.impl import check_sets
+    for method in (RL(rl_mode="union"), BadTeacher()):
+        with pytest.raises(ValueError, match="non-empty forget set"):
+            check_sets(method, NoAddon(), 0, 5)
+        with pytest.raises(ValueError, match="non-empty retain set"):
+            check_sets(method, NoAddon(), 5, 0)
+        check_sets(method, NoAddon(), 5, 5)
