@@ -168,3 +168,27 @@ def test_frechet_distance_of_small_variances():
     s1, s2 = np.array([0.01, 0.25, 0.5]), np.array([0.04, 0.09, 0.5])
     expected = float(((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum())
     assert frechet_distance(np.zeros(3), np.diag(s1), np.zeros(3), np.diag(s2)) == pytest.approx(expected)
+
+
+def test_attack_features_per_sample_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.5]])
+    y = torch.tensor([1, 1])  # the first sample wrong, the second right
+    f = attack_features(logits, y)
+    p = torch.softmax(logits.double(), 1).numpy()
+    assert f["correctness"][:, 0].tolist() == [0.0, 1.0]
+    for i in range(2):
+        py = p[i, 1]
+        others = [j for j in range(3) if j != 1]
+        m_entropy = -(1 - py) * np.log(py) - sum(p[i, j] * np.log(1 - p[i, j]) for j in others)
+        assert f["m_entropy"][i, 0] == pytest.approx(m_entropy)
+        assert f["confidence"][i, 0] == pytest.approx(py)
+        assert f["entropy"][i, 0] == pytest.approx(-(p[i] * np.log(p[i])).sum())
+    assert all(v.shape[0] == 2 for v in f.values())
+
+
+def test_svc_efficacy_with_a_single_sample_on_each_side():
+    members, non_members = np.array([[0.9], [0.95]]), np.array([[0.1], [0.05]])
+    assert svc_efficacy(members, non_members, np.array([[0.08]])) == 100.0  # one target, called non-member
+    assert svc_efficacy(members[:1], non_members[:1], np.array([[0.92]])) == 0.0
+    assert math.isnan(svc_efficacy(members, non_members, np.empty((0, 1))))
+    assert math.isnan(svc_efficacy(members[:0], non_members, np.array([[0.5]])))
