@@ -41,7 +41,10 @@ fi
 chown -R munge:munge /etc/munge /var/lib/munge /var/log/munge /run/munge 2>/dev/null || true
 chmod 0700 /etc/munge && chmod 0400 /etc/munge/munge.key
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
-pgrep -x slurmctld >/dev/null || slurmctld
+# A controller that is not running starts with no saved state (-c): this cluster is a throwaway,
+# and jobs saved by a machine that went down mid-run would be recovered as still running, holding
+# the node's CPUs until their time limit while the new jobs wait.
+pgrep -x slurmctld >/dev/null || slurmctld -c
 pgrep -x slurmd >/dev/null || slurmd
 for _ in $(seq 30); do
     if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then

@@ -183,7 +183,8 @@ def wait_for_jobs(jobs: list[str], limit: float = 600) -> None:
         if not q.strip():
             return
         time.sleep(2)
-    pytest.fail(f"Slurm jobs {jobs} did not finish in {limit:.0f} s")
+    queue = subprocess.run(["squeue", "-o", "%i %T %M %l %R"], capture_output=True, text=True).stdout
+    pytest.fail(f"Slurm jobs {jobs} did not finish in {limit:.0f} s; the queue:\n{queue}")
 
 
 @pytest.mark.slow
