@@ -111,6 +111,30 @@ def test_the_ideal_model_of_another_seed_or_forget_set_is_refused(tmp_path):
     assert find_ideal(_args(), split, tmp_path / "absent.pth.tar", "make it") == (None, None)
 
 
+def test_the_ideal_model_of_another_data_set_or_architecture_is_refused(tmp_path, capsys):
+    """The ideal checkpoint is checked like the original: data set, architecture, and a forget-set
+    record (one without it is refused as another forget set, not a crash); the messages carry the
+    command that makes the right one and both forget sets."""
+    path = tmp_path / "ideal.pth.tar"
+    split = SimpleNamespace(info={"forget_sha1": "abc", "num_indexes_to_replace": 5})
+    record = {"forget_sha1": "xyz", "class_to_replace": 4, "num_indexes_to_replace": 9}
+    torch.save({"state_dict": {}, "dataset": "digits", "arch": "smallcnn", "seed": 1, "split": record}, path)
+    with pytest.raises(UserError, match="trained with dataset 'digits', but --dataset is 'fashionmnist'"):
+        find_ideal(_args(dataset="fashionmnist"), split, path, "make it")
+    with pytest.raises(UserError, match="trained with arch 'smallcnn', but --arch is 'resnet18'"):
+        find_ideal(_args(arch="resnet18"), split, path, "make it")
+    with pytest.raises(UserError, match=r"another forget set \(C=4, N=9\) than this run's \(C=-1, N=5\)"):
+        find_ideal(_args(), split, path, "make it")
+    torch.save({"state_dict": {}, "dataset": "digits", "arch": "smallcnn", "seed": 1}, path)
+    with pytest.raises(UserError, match=r"another forget set \(C=None, N=None\)"):
+        find_ideal(_args(), split, path, "make it")
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="make it again with: make it"):
+        find_ideal(_args(), split, path, "make it")
+    find_ideal(_args(), split, tmp_path / "absent.pth.tar", "python main_ideal.py ...")
+    assert "Avg. Gap need it: python main_ideal.py ..." in capsys.readouterr().out
+
+
 def test_training_keeps_the_best_validation_epoch_not_the_last(monkeypatch):
     """fit reloads the weights of the epoch whose validation accuracy was highest (the first of
     equals), whatever came after: validation accuracies are scripted, the training is real."""
