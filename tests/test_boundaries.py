@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch.nn as nn
+from conftest import run_in_process
 
 import trainer
 from backdoor import Trigger
@@ -16,8 +17,6 @@ from dataset import load_data
 from errors import UserError
 from unlearn import make
 from unlearn.methods.common import last_layers
-
-from conftest import run_in_process
 
 TINY = 1e-12
 
