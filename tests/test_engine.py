@@ -12,7 +12,7 @@ import torch
 from dataset import forget_split, load_data
 from evaluation.accuracy import split_accuracies
 from models import create_model
-from unlearn import ADDONS, ALIASES, METHODS, make, parse_unlearn
+from unlearn import ADDONS, ALIASES, METHODS, make, parse_unlearn, spec_name
 from unlearn.addons.common import Flat
 from unlearn.addons.mask import Mask
 from unlearn.impl import Diverged, Recipe, lr_at, run, sgd_step
@@ -163,6 +163,16 @@ def test_empty_set_is_refused(digits, trained):
 ])
 def test_parse_unlearn(spec, expected):
     assert parse_unlearn(spec) == expected
+    # the display name (run names, tables) parses back to the same pair
+    assert parse_unlearn(spec_name(*expected)) == expected
+
+
+@pytest.mark.parametrize("pair, name", [
+    (("GA", "none"), "GA"), (("GA", "VarGrad"), "GA+VarGrad"), (("RL", "SalUn"), "RL+SalUn"),
+    (("NegGrad+", "none"), "NegGrad+"), (("NegGrad+", "VarGrad"), "NegGrad+VarGrad"),
+])
+def test_spec_name(pair, name):
+    assert spec_name(*pair) == name
 
 
 @pytest.mark.parametrize("spec", ["Foo", "GA+Bar", "SalUn+Mask", "+Mask"])

@@ -56,6 +56,32 @@ def test_truncated_or_foreign_file_names_the_file(tmp_path):
         read_idx(plain)
 
 
+def test_idx_header_boundaries(tmp_path):
+    """Each magic byte is checked on its own (0, 0, 8 for unsigned bytes, then 1 to 4 dimensions);
+    dimensions are big-endian 32-bit counts (one above 255 reads right); the data size must match,
+    and the error gives how many bytes there are."""
+    four = np.arange(2 * 1 * 1 * 300).reshape(2, 1, 1, 300) % 256
+    assert read_idx(write_idx(tmp_path / "four", four)).shape == (2, 1, 1, 300)
+    assert read_idx(write_idx(tmp_path / "one", np.arange(3))).tolist() == [0, 1, 2]
+    good = (tmp_path / "one").read_bytes()
+    for i, byte in ((0, 1), (1, 1), (2, 9), (3, 0), (3, 5)):
+        bad = tmp_path / f"bad{i}_{byte}"
+        bad.write_bytes(good[:i] + bytes([byte]) + good[i + 1:])
+        with pytest.raises(UserError, match="bad magic number"):
+            read_idx(bad)
+    short = tmp_path / "short"
+    short.write_bytes(bytes([0, 0, 8]))
+    with pytest.raises(UserError, match="bad magic number"):
+        read_idx(short)
+    empty = tmp_path / "empty"
+    empty.write_bytes(bytes([0, 0, 8, 1]) + (0).to_bytes(4, "big"))  # a valid file of zero items
+    assert read_idx(empty).shape == (0,)
+    long = tmp_path / "long"
+    long.write_bytes(good + b"xy")
+    with pytest.raises(UserError, match=r"holds 5 bytes of data where its header announces 3 \(shape \(3,\)\)"):
+        read_idx(long)
+
+
 @pytest.mark.parametrize("layout, gz", [("MNIST/raw", True), ("MNIST/raw", False), ("", False), ("", True)])
 def test_mnist_loads_from_torchvision_layout_or_a_flat_folder(tmp_path, layout, gz):
     arrays = fake_mnist(tmp_path / layout, gz)
