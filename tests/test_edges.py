@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from evaluation import mia, report
 from evaluation.accuracy import Outputs, split_accuracies
-from evaluation.closeness import avg_gap
+from evaluation.closeness import avg_gap, frechet_distance
 from unlearn import make
 from unlearn.addons.salun import saliency_mask
 from unlearn.methods.common import Frozen, kl_to_teacher
@@ -101,6 +101,19 @@ def test_avg_gap_is_nan_when_any_gap_is():
     ideal = {"UA": 10.0, "RA": 90.0, "TA": 80.0, "MIA": 20.0}
     assert avg_gap({"UA": 12.0, "RA": 89.0, "TA": 80.0, "MIA": 23.0}, ideal) == pytest.approx(1.5)
     assert math.isnan(avg_gap({"UA": 12.0, "RA": 89.0, "TA": 80.0, "MIA": float("nan")}, ideal))
+
+
+def test_frechet_distance_of_a_singular_covariance_is_finite():
+    """Three samples of ten logits (a small forget set) give a rank-2 covariance whose computed
+    eigenvalues dip below zero; they are clipped at 0 before the square root, so the distance of
+    the fit to itself is 0, not NaN (mutants: either clip removed)."""
+    a = np.random.default_rng(0).normal(size=(3, 10))
+    mu, cov = a.mean(0), np.cov(a, rowvar=False)
+    assert np.linalg.eigh(cov)[0].min() < 0  # the case this test is about
+    assert frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-9)
+    other = np.random.default_rng(1).normal(size=(3, 10))
+    d = frechet_distance(mu, cov, other.mean(0), np.cov(other, rowvar=False))
+    assert math.isfinite(d) and d > 0
 
 
 def test_split_accuracies_leave_the_forgotten_class_out_of_ta(tmp_path):
