@@ -224,3 +224,40 @@ def test_svc_cap_draws_distinct_test_samples(monkeypatch):
         report.model_metrics(out, seed=seed, svc_max=25)
         rows = {tuple(r.tolist()) for r in seen["test"]}
         assert len(seen["test"]) == 25 and len(rows) == 25
+
+
+# ---------------------------------------------------------------- loop plumbing
+def test_cycled_batches_come_from_their_own_set_and_size(tmp_path):
+    """Each (set, batch size) cycles on its own: a retain batch is drawn from D_R even after a
+    forget batch was drawn (mutant: one shared cycle for every key)."""
+    from dataset import load_data
+    from unlearn.impl import _Stream
+
+    data = load_data("digits", tmp_path, seed=0)
+    forget, retain = data.train_idx[:6], data.train_idx[6:40]
+    stream = _Stream(data, forget, retain, 0, torch.device("cpu"))
+    train = data.normalise(data.x_train)  # digits has no augmentation: batches are rows of it
+    for name, idx, size in (("forget", forget, 4), ("retain", retain, 5), ("forget", forget, 2),
+                            ("retain", retain, 5)):
+        b = stream.cycled(name, size)
+        assert len(b.y) == size
+        rows = [int(torch.nonzero((train[idx] == x).flatten(1).all(1))[0]) for x in b.x]
+        assert torch.equal(b.y, data.y_train[idx][rows])  # each row one of the set's own
+
+
+def test_last_linear_finds_a_nested_classifier():
+    """The classifier inside a sub-module is returned with its own parent and attribute name, so
+    replacing it (BE, FF) replaces the right layer (mutants: the parent path mangled)."""
+    from unlearn.methods.common import accuracy, last_linear
+
+    head = nn.Linear(4, 3)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Sequential(nn.ReLU(), nn.Sequential(nn.Identity(), head)))
+    parent, name, layer = last_linear(model)  # "1.1.1": two levels down
+    assert parent is model[1][1] and name == "1" and layer is head
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    assert last_linear(flat)[0] is flat and last_linear(flat)[1] == "1"
+    with pytest.raises(ValueError, match="^Sequential has no nn.Linear layer"):
+        last_linear(nn.Sequential(nn.ReLU()))
+    # the per-batch accuracy the loop logs, in percent
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0], [1.0, 0.0]])
+    assert float(accuracy(logits, torch.tensor([0, 1, 1, 1]))) == 50.0
