@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_evaluation import _outputs
 
 from evaluation import mia, report
-from evaluation.accuracy import Outputs, split_accuracies
+from evaluation.accuracy import split_accuracies
 from evaluation.closeness import avg_gap, frechet_distance
 from unlearn import make
 from unlearn.addons.salun import saliency_mask
@@ -189,14 +190,6 @@ def test_svc_attack_uses_the_published_svc_and_breaks_ties_towards_members(monke
     assert mia.svc_efficacy(flat, flat, flat) == 0.0 and made == {}
 
 
-def _outputs(n_test=30, seed=0) -> Outputs:
-    g = torch.Generator().manual_seed(seed)
-    logits = lambda n: torch.randn(n, 3, generator=g) * 2  # noqa: E731
-    labels = lambda n: torch.randint(0, 3, (n,), generator=g)  # noqa: E731
-    return Outputs(forget=logits(20), retain=logits(60), test=logits(n_test), val=logits(5),
-                   y_forget=labels(20), y_retain=labels(60), y_test=labels(n_test), y_val=labels(5))
-
-
 def test_model_metrics_times_each_part_and_passes_its_seed(monkeypatch):
     """`timings` receives three non-negative wall times that add up to at most the call's; the loss
     attack gets the run's seed (mutants: a timing dropped or added instead of subtracted, the seed
@@ -208,7 +201,7 @@ def test_model_metrics_times_each_part_and_passes_its_seed(monkeypatch):
     monkeypatch.setattr(report, "loss_attack", lambda f, t, seed=0: seeds.append(seed) or real(f, t, seed))
     timings = {}
     t = time.perf_counter()
-    report.model_metrics(_outputs(), seed=5, timings=timings)
+    report.model_metrics(_outputs(0, n=30), seed=5, timings=timings)
     wall = time.perf_counter() - t
     assert set(timings) == {"svc_attack_s", "loss_attack_s", "rest_s"}
     assert all(0 <= v <= wall for v in timings.values()) and sum(timings.values()) <= wall
@@ -219,7 +212,7 @@ def test_svc_cap_draws_distinct_test_samples(monkeypatch):
     """The capped SVC's non-members are distinct test samples (mutant: replace=True)."""
     seen = {}
     monkeypatch.setattr(report, "svc_mia", lambda *a: seen.update(test=a[2]) or {"MIA": 0.0})
-    out = _outputs(n_test=30)
+    out = _outputs(0, n=30)
     for seed in range(5):
         report.model_metrics(out, seed=seed, svc_max=25)
         rows = {tuple(r.tolist()) for r in seen["test"]}
