@@ -17,12 +17,17 @@ from unlearn import make
 from unlearn.addons.mask import sign_agreement
 from unlearn.addons.salun import SalUn
 from unlearn.impl import Recipe, _batches, _Gradients, _Stream, run
+from unlearn.methods import fisher as fisher_module
+from unlearn.methods import influence as influence_module
 from unlearn.methods.bad_teacher import BadTeacher
 from unlearn.methods.common import Batch, Context, Progress, kl_to_teacher
+from unlearn.methods.fisher import FF, diagonal_fisher
+from unlearn.methods.influence import IU, summed_gradient, woodfisher_solve
 from unlearn.methods.l1_sparse import FTL1
 from unlearn.methods.neggrad_plus import NegGradPlus
 from unlearn.methods.rl import RL
 from unlearn.methods.scrub import SCRUB
+from unlearn.oneshot import Sets
 
 
 def _linear(seed: int = 0, classes: int = 3) -> nn.Module:
@@ -285,3 +290,119 @@ def test_union_passes_need_both_sets():
         with pytest.raises(ValueError, match="non-empty retain set"):
             check_sets(method, NoAddon(), 5, 0)
         check_sets(method, NoAddon(), 5, 5)
+
+
+# ----------------------------------------------------------------- one-shot updates
+def _linear_ce_grad(layer: nn.Linear, x, target):
+    """The mean-CE gradient of a linear layer on flat inputs, in closed form: r = (softmax - onehot) / n,
+    dW = r^T x, db = sum of r's rows."""
+    r = (F.softmax(layer(x), 1) - F.one_hot(target, layer.out_features).float()) / len(x)
+    return r.T @ x, r.sum(0)
+
+
+def test_diagonal_fisher_is_the_mean_over_retain_batches_of_32_of_probability_weighted_squared_class_gradients():
+    data, forget, retain = _tiny_data(3, 40)  # Fisher batches of 32 and 8, whatever the run's batch size
+    model = _linear(seed=3).eval()
+    sets = Sets(model, data, forget, retain, batch_size=256)
+    got_w, got_b = diagonal_fisher(model, sets, 3)
+    want_w, want_b = torch.zeros(3, 4), torch.zeros(3)
+    with torch.no_grad():
+        for idx in (retain[:32], retain[32:]):
+            x = data.batch(idx)[0].flatten(1)
+            mean_prob = F.softmax(model(x), 1).mean(0)
+            for c in range(3):
+                gw, gb = _linear_ce_grad(model[1], x, torch.full((len(x),), c))
+                want_w += mean_prob[c] * gw ** 2
+                want_b += mean_prob[c] * gb ** 2
+    assert torch.allclose(got_w, want_w / 2, rtol=1e-4, atol=1e-9)
+    assert torch.allclose(got_b, want_b / 2, rtol=1e-4, atol=1e-9)
+
+
+def test_ff_draws_each_parameter_with_the_published_clamped_channel_averaged_variance(monkeypatch):
+    """var = alpha * min(1 / (F + 1e-8), 1e3), or 1e2 on the classifier; averaged over dim 1 of tensors
+    with 2 or more dimensions; the forgotten class's classifier row gets mean 0 and variance 1e-4; x10
+    on the classifier and on one-dimensional parameters."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 4))
+    params = list(model.parameters())  # conv weight and bias, bn weight and bias, head weight and bias
+    levels = torch.tensor([0.0, 1e-4, 2e-3, 0.5, 4.0])  # 1/F: 1e8 and 1e4 clamped everywhere, 500 on the head only
+    g = torch.Generator().manual_seed(5)
+    fisher = [levels[torch.randint(0, 5, p.shape, generator=g)] for p in params]
+    monkeypatch.setattr(fisher_module, "diagonal_fisher", lambda model, sets, num_classes: fisher)
+    alpha, forgotten = 0.01, 1
+    m = FF(alpha=alpha)
+    m.setup(Context(model, 4, 1, 1, torch.Generator().manual_seed(9), forgotten_class=forgotten))
+    delta, _ = m.update(model, Sets(model, None, torch.arange(1), torch.arange(1), 1))
+
+    twin = torch.Generator().manual_seed(9)
+    head = {id(model[3].weight), id(model[3].bias)}
+    for p, f, d in zip(params, fisher, delta):
+        cap = 100.0 if id(p) in head else 1000.0
+        var = alpha * torch.minimum(1 / (f + 1e-8), torch.tensor(cap))
+        if p.ndim > 1:
+            var = var.mean(1, keepdim=True).expand_as(p).clone()
+        mu = p.detach().clone()
+        if id(p) in head:
+            mu[forgotten], var[forgotten] = 0.0, 1e-4
+        if id(p) in head or p.ndim == 1:
+            var = 10 * var
+        noise = torch.randn(p.shape, generator=twin)
+        assert torch.allclose(p.detach() + d, mu + var.sqrt() * noise, rtol=1e-5, atol=1e-7)
+    assert not torch.equal(delta[0][:, 0], delta[0][:, 1])  # averaged variance, independent noise
+
+
+class _ScriptedSets:
+    """Stands in for `Sets`: yields single retain samples and answers each gradient request with the next
+    scripted vector, so WoodFisher's recursion can be checked on numbers worked out by hand."""
+
+    def __init__(self, grads):
+        self.grads, self.calls, self.params = list(grads), [], [torch.zeros(2)]
+
+    def batches(self, name, size=None, limit=None):
+        self.calls.append((name, size, limit))
+        for _ in range(len(self.grads))[:limit]:
+            yield Batch(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
+
+    def grad(self, loss, retain_graph=False):
+        return [self.grads.pop(0)]
+
+
+def test_woodfisher_solve_follows_the_published_recursion_over_exactly_n_retain_samples():
+    # v = (1, 2), n = 3, gradients g1 = (1, 0), g2 = (1, 1), g3 = (0, 2), then one that must not be read:
+    #   o = g1 = (1, 0)
+    #   g2: o.g2 = 1, k.g2 = 3: k = (1, 2) - 3 / (3 + 1) (1, 0) = (0.25, 2); o = (1, 0) - 1 / 4 (1, 0) = (0.75, 0)
+    #   g3: o.g3 = 0, k.g3 = 4: k = (0.25, 2) - 4 / 3 (0.75, 0) = (-0.75, 2)
+    sets = _ScriptedSets([torch.tensor(g) for g in ([1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [5.0, 5.0])])
+    k = woodfisher_solve(nn.Identity(), sets, torch.tensor([1.0, 2.0]), 3)
+    assert torch.allclose(k, torch.tensor([-0.75, 2.0]))
+    assert sets.calls == [("retain", 1, 3)] and len(sets.grads) == 1
+
+
+def test_iu_steps_alpha_times_the_solved_difference_of_forget_and_weighted_retain_gradient_sums(monkeypatch):
+    # v = g_F / (n_F + n_R) - g_R n_F / ((n_F + n_R) n_R), with n_F = 2, n_R = 6: g_F / 8 - g_R / 24
+    sums = {"forget": torch.tensor([8.0, 0.0, 16.0]), "retain": torch.tensor([0.0, 48.0, 24.0])}
+    monkeypatch.setattr(influence_module, "summed_gradient", lambda model, sets, name: sums[name])
+    seen = {}
+
+    def solve(model, sets, v, n):
+        seen["n"] = n
+        return v * torch.tensor([1.0, 2.0, 3.0])  # a stand-in for H^-1 that is not the identity
+
+    monkeypatch.setattr(influence_module, "woodfisher_solve", solve)
+    model = nn.Linear(2, 1)  # 3 parameters: the weight (1, 2) and the bias
+    sets = Sets(model, None, torch.arange(2), torch.arange(2, 8), 4)
+    (dw, db), figures = IU(alpha=0.5, iu_samples=7).update(model, sets)
+    # v = (1 - 0, 0 - 2, 2 - 1) = (1, -2, 1); times (1, 2, 3) and alpha 0.5
+    want = torch.tensor([0.5, -2.0, 1.5])
+    assert seen["n"] == 7
+    assert dw.shape == (1, 2) and torch.allclose(torch.cat([dw.flatten(), db]), want)
+    assert figures["step_norm"] == pytest.approx(want.norm().item())
+
+
+def test_iu_gradient_sum_adds_every_sample_of_the_set_whatever_the_batches():
+    data, forget, retain = _tiny_data(5, 7)
+    model = _linear(seed=1).eval()
+    x, y = data.batch(retain)
+    gw, gb = _linear_ce_grad(model[1], x.flatten(1), y)  # the mean over the 7 samples
+    got = summed_gradient(model, Sets(model, data, forget, retain, batch_size=3), "retain")  # batches 3, 3, 1
+    assert torch.allclose(got, 7 * torch.cat([gw.flatten(), gb]), atol=1e-5)
