@@ -17,8 +17,9 @@ from evaluation.accuracy import split_accuracies
 from evaluation.closeness import avg_gap, frechet_distance
 from unlearn import make
 from unlearn.addons.salun import saliency_mask
+from unlearn.methods import ssd as ssd_module
 from unlearn.methods.common import Frozen, kl_to_teacher
-from unlearn.methods.ssd import importances
+from unlearn.methods.ssd import SSD, importances
 
 
 # ---------------------------------------------------------------- methods
@@ -78,7 +79,7 @@ def test_ssd_importances_are_the_mean_over_batches():
     w = nn.Parameter(torch.tensor([[1.0, -2.0]]))
     model = lambda x: x @ w.T * torch.ones(1, 2)  # noqa: E731  (two identical logits)
     batches = [SimpleNamespace(x=torch.tensor([[1.0, 0.0]]), y=torch.tensor([0])),
-               SimpleNamespace(x=torch.tensor([[0.0, 3.0]]), y=torch.tensor([1]))]
+               SimpleNamespace(x=torch.tensor([[0.0, 3.0], [2.0, 1.0]]), y=torch.tensor([1, 0]))]  # a mean over 2 rows
     sets = SimpleNamespace(params=[w], batches=lambda name: iter(batches),
                            grad=lambda loss: torch.autograd.grad(loss, [w]))
     per_batch = []
@@ -93,6 +94,23 @@ def test_ssd_importances_are_the_mean_over_batches():
         free.append(g.abs())
     (got,) = importances(model, sets, "forget", label_free=True)
     assert torch.allclose(got, (free[0] + free[1]) / 2)
+
+
+def test_ssd_update_dampens_by_the_factors_of_forget_against_train_importances_and_logs_their_share(monkeypatch):
+    w = nn.Parameter(torch.tensor([2.0, -4.0, 1.0, 8.0]))
+    imp = {"forget": [torch.tensor([50.0, 1.0, 0.0, 40.0])], "train": [torch.tensor([1.0, 1.0, 1.0, 2.0])]}
+    seen = []
+
+    def fake_importances(model, sets, name, label_free):
+        seen.append((name, label_free))
+        return imp[name]
+
+    monkeypatch.setattr(ssd_module, "importances", fake_importances)
+    delta, figures = SSD(alpha=10.0, dampening=1.0).update(None, SimpleNamespace(params=[w]))
+    # I_F > 10 I_D on coordinates 0 (factor 1/50) and 3 (2/40); the others keep theirs
+    assert torch.allclose(w.detach() + delta[0], torch.tensor([2.0 / 50, -4.0, 1.0, 8.0 * 2 / 40]))
+    assert figures == {"dampened_share": 0.5}
+    assert seen == [("forget", False), ("train", False)]
 
 
 # ---------------------------------------------------------------- evaluation
