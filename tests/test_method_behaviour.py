@@ -20,6 +20,7 @@ from unlearn.impl import Recipe, _batches, _Gradients, _Stream, run
 from unlearn.methods import fisher as fisher_module
 from unlearn.methods import influence as influence_module
 from unlearn.methods.bad_teacher import BadTeacher
+from unlearn.methods.boundary_shrink import BS, fgsm_neighbour_labels
 from unlearn.methods.common import Batch, Context, Progress, kl_to_teacher
 from unlearn.methods.fisher import FF, diagonal_fisher
 from unlearn.methods.influence import IU, summed_gradient, woodfisher_solve
@@ -406,3 +407,18 @@ def test_iu_gradient_sum_adds_every_sample_of_the_set_whatever_the_batches():
     gw, gb = _linear_ce_grad(model[1], x.flatten(1), y)  # the mean over the 7 samples
     got = summed_gradient(model, Sets(model, data, forget, retain, batch_size=3), "retain")  # batches 3, 3, 1
     assert torch.allclose(got, 7 * torch.cat([gw.flatten(), gb]), atol=1e-5)
+
+
+def test_bs_trains_the_clean_image_towards_its_neighbours_label_and_logs_the_relabelled_percentage():
+    model, f = _linear(seed=4), _batch(40, 6)
+    x = f.x.sigmoid()  # pixels in [0, 1], the unit FGSM steps in
+    f = Batch(x, model(x).argmax(1).detach())  # labelled as the original predicts: the step moves some away
+    m = BS(epsilon=0.05)
+    m.setup(Context(model, 3, 40, 0, pixels=(torch.zeros(1), torch.ones(1))))
+    terms = m.losses(model, f, None, P0)
+    labels = fgsm_neighbour_labels(m.teacher, f.x, f.y, 0.05)
+    share = (labels != f.y).float().mean().item() * 100
+    assert 0 < share < 100  # some labels change, some do not: the figure's direction shows
+    assert terms["relabelled"].item() == pytest.approx(share)
+    assert terms["unlearn"].item() == pytest.approx(F.cross_entropy(model(f.x), labels).item(), rel=1e-6)
+    assert terms["forget_acc"].item() == pytest.approx((model(f.x).argmax(1) == f.y).float().mean().item() * 100)
