@@ -152,13 +152,16 @@ def test_salun_saliency_is_read_from_the_forget_gradient():
     assert addon.keep[0].tolist() == [True, False, False, True]
 
 
-def _tiny_data(n_forget: int, n_retain: int) -> tuple[TensorData, torch.Tensor, torch.Tensor]:
+def _tiny_data(n_forget: int, n_retain: int,
+               augment: str = "crop_flip") -> tuple[TensorData, torch.Tensor, torch.Tensor]:
+    """Random 2x2 images, augmented in training batches (crop and flip) unless `augment` says "none": a
+    statistic that must be read from the stored images fails if it is read from augmented ones."""
     g = torch.Generator().manual_seed(0)
     n = n_forget + n_retain
     x = torch.randint(0, 256, (n, 1, 2, 2), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 3, (n,), generator=g)
     data = TensorData("tiny", x, y, x[:0], y[:0], torch.arange(n), torch.arange(0), 3,
-                      torch.tensor([0.5]), torch.tensor([0.25]), "none")
+                      torch.tensor([0.5]), torch.tensor([0.25]), augment)
     return data, torch.arange(n_forget), torch.arange(n_forget, n)
 
 
@@ -188,11 +191,37 @@ def test_add_on_warm_up_leaves_weights_batch_norm_state_and_mode_untouched():
     assert not torch.equal(grads[0][0], grads[1][0])  # three different batches
 
 
+def test_the_loops_batches_are_augmented_and_its_statistics_are_not():
+    """Training batches (a pass's own and the cycled other set's, as the papers' train loaders) are
+    augmented; the statistics read before the first step (SalUn's saliency, the one-shot methods'
+    sums) come from the stored images (tested above with augmented data)."""
+    data, forget, retain = _tiny_data(6, 10)
+    data.x_train[:] = 255  # every stored image is the same: an unaugmented batch is all one value
+    stored = data.normalise(data.x_train[:1])
+    stream = _Stream(data, forget, retain, 0, torch.device("cpu"))
+    (chunk, flags), *_ = stream.walk(make("NegGrad+")[0].passes(0)[0], 4)
+    drawn = stream.draw(make("NegGrad+")[0].passes(0)[0], chunk, flags, 4)
+    for name in ("forget", "retain"):
+        x = drawn[name].x
+        assert x.shape[1:] == stored.shape[1:] and not torch.equal(x, stored.expand_as(x)), name
+    # the crops and flips come from the stream's own generator: the same seed draws the same images
+    data.x_train[:] = torch.randint(0, 256, data.x_train.shape, dtype=torch.uint8, generator=torch.Generator())
+    p = make("NegGrad+")[0].passes(0)[0]
+
+    def images(seed):
+        torch.manual_seed(seed)  # the global stream must not matter
+        s = _Stream(data, forget, retain, 7, torch.device("cpu"))
+        steps = [s.draw(p, c, f, 4) for c, f in s.walk(p, 4)]
+        return torch.cat([b[n].x for b in steps for n in ("forget", "retain")])
+
+    assert torch.equal(images(1), images(2))
+
+
 # ------------------------------------------------------------------------ wiring
 def _one_step(spec: str, n_forget: int = 6, n_retain: int = 10, **hyper):
     """One SGD step (lr 1, no momentum, no decay) of `spec` with whole-set batches, and the
     gradients of -CE(D_F) and CE(D_R) at the starting point."""
-    data, forget, retain = _tiny_data(n_forget, n_retain)
+    data, forget, retain = _tiny_data(n_forget, n_retain, augment="none")  # the expected step reads stored images
     model = _linear(1)
     start = [p.detach().clone() for p in model.parameters()]
     xf, yf = data.batch(forget)
