@@ -2,7 +2,12 @@
 Saliency", ICLR 2024): before unlearning, score each weight by |sum over D_F of the
 gradient of the forget loss| and keep, for the whole run, the coordinates whose score
 lies above the `quantile` quantile of all scores (SalUn's default: the median, so half
-the weights move)."""
+the weights move).
+
+The gradient is taken at the original weights, in eval mode, on the stored (unaugmented)
+forget images, as the paper's definition reads. Deviation: the authors' `generate_mask.py`
+reads the forget set through its augmenting training data set and takes an SGD step of the
+forget loss after each batch, so its later batches are taken at moved weights."""
 
 from __future__ import annotations
 

@@ -15,10 +15,11 @@ Deviations, all documented: their code picks "the classifier" as any parameter w
 first dimension equals the class count, here it is the last linear layer; they apply the
 class-forgetting rule only when the forget set is a whole CIFAR-10 (N=4500) or CIFAR-100
 (N=450) class, here to every class-forgetting run; the noise comes from the run's seeded
-generator. `alpha` has no FF-specific default in their code (`--alpha` is shared, 0.2,
-which destroys any model); the papers tune it per experiment. The default 1e-6 was
-chosen on digits (smallcnn), where it leaves retain accuracy near the original's; tune it
-for your model."""
+generator; the Fisher reads the stored retain images, where theirs reads the retain set
+through its training transform (augmented on CIFAR). `alpha` has no FF-specific default
+in their code (`--alpha` is shared, 0.2, which destroys any model); the papers tune it per
+experiment. The default 1e-6 was chosen on digits (smallcnn), where it leaves retain
+accuracy near the original's; tune it for your model."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ by WoodFisher (Singh & Alistarh 2020). One shot, eval mode:
           later g updates k -= (k.g / (N + o.g)) o and o -= (o.g / (N + o.g)) o
     theta <- theta + alpha k
 
-Their loop also stops after N samples with N = 1000, and uses N as the dampening in the
+The gradients are read from the stored images (theirs go through the training transform,
+augmented on CIFAR). Their loop also stops after N samples with N = 1000, and uses N as the dampening in the
 denominator; `--iu_samples` sets both (their loop reads N + 2 samples, here exactly N).
 Memory: six flat vectors of all trainable parameters (v, g_F, g_R, k, o and one
 per-sample gradient), 24 bytes per parameter in float32: about 270 MB for ResNet-18 (11.2M
