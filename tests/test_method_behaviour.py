@@ -20,6 +20,7 @@ from unlearn.impl import Recipe, _batches, _Gradients, _Stream, run
 from unlearn.methods import fisher as fisher_module
 from unlearn.methods import influence as influence_module
 from unlearn.methods.bad_teacher import BadTeacher
+from unlearn.methods.boundary_expand import BE
 from unlearn.methods.boundary_shrink import BS, fgsm_neighbour_labels
 from unlearn.methods.common import Batch, Context, Progress, kl_to_teacher
 from unlearn.methods.fisher import FF, diagonal_fisher
@@ -451,3 +452,29 @@ def test_bs_trains_the_clean_image_towards_its_neighbours_label_and_logs_the_rel
     assert terms["relabelled"].item() == pytest.approx(share)
     assert terms["unlearn"].item() == pytest.approx(F.cross_entropy(model(f.x), labels).item(), rel=1e-6)
     assert terms["forget_acc"].item() == pytest.approx((model(f.x).argmax(1) == f.y).float().mean().item() * 100)
+
+
+def test_be_shadow_row_is_drawn_like_torchs_linear_init_from_the_run_generator_and_removed_exactly():
+    model = _linear(seed=2, classes=2).eval()  # fan_in 4, 2 classes: the shadow is class 2
+    head = model[1]
+    m = BE()
+    m.adapt(model, torch.Generator().manual_seed(3))
+    grown = model[1]
+    twin = torch.Generator().manual_seed(3)
+    bound = 1 / 2  # 1 / sqrt(fan_in)
+    assert grown.out_features == 3 and not grown.training  # the layer's mode is kept
+    assert torch.equal(grown.weight[:2], head.weight) and torch.equal(grown.bias[:2], head.bias)
+    assert torch.allclose(grown.weight[2:], torch.rand(1, 4, generator=twin) * 2 * bound - bound)
+    assert torch.allclose(grown.bias[2:], torch.rand(1, generator=twin) * 2 * bound - bound)
+    # the loss pulls every forget sample to the shadow class; forget accuracy is over the real classes
+    with torch.no_grad():
+        grown.bias[2] = 100.0  # every sample predicts the shadow class
+    f = _batch(12, 8)
+    f = Batch(f.x, model(f.x)[:, :2].argmax(1))  # labelled with the best real class
+    terms = m.losses(model, f, None, P0)
+    out = model(f.x)
+    assert terms["unlearn"].item() == pytest.approx(F.cross_entropy(out, torch.full((12,), 2)).item(), rel=1e-6)
+    assert terms["forget_acc"].item() == 100.0
+    m.restore(model)
+    assert model[1].out_features == 2 and m.shadow is None
+    assert torch.equal(model[1].weight, grown.weight[:2]) and torch.equal(model[1].bias, grown.bias[:2])
