@@ -254,6 +254,32 @@ def test_fgsm_labels_are_the_teachers_prediction_of_the_moved_image():
                                              (mean, std)), labels)
 
 
+def _threshold(t: float):
+    """A one-pixel teacher that predicts class 0 where the pixel is above t, else class 1; the CE
+    gradient of label 1 pushes the pixel up, that of label 0 pushes it down."""
+    return lambda x: torch.cat([x.flatten(1) - t, t - x.flatten(1)], 1)
+
+
+@pytest.mark.parametrize("pixel, label, epsilon, t, want, why", [
+    (0.9, 1, 0.5, 1.2, 1, "clipped at 1: 1.0, not 1.4, stays below 1.2"),
+    (0.1, 0, 0.5, -0.2, 0, "clipped at 0: 0.0, not -0.4, stays above -0.2"),
+    (0.3, 1, 0.001, 0.3015, 0, "rounded to the 8-bit grid: 77/255 = 0.30196, not 0.301"),
+    (0.6, 1, 0.1, 0.65, 0, "one step of epsilon up: 0.7"),
+])
+def test_fgsm_neighbour_is_clipped_and_rounded_in_pixel_units(pixel, label, epsilon, t, want, why):
+    x, y = torch.tensor([[[[pixel]]]]), torch.tensor([label])
+    assert fgsm_neighbour_labels(_threshold(t), x, y, epsilon).item() == want, why
+
+
+def test_fgsm_leaves_a_pixel_with_no_gradient_where_it_is():
+    def teacher(x):  # a dead unit below 0.5: no gradient there, but a pixel moved to 1 would flip the class
+        z = F.relu(x.flatten(1) - 0.5) * 10 - 1
+        return torch.cat([z, torch.zeros_like(z)], 1)
+
+    x = torch.tensor([[[[0.2]]]])
+    assert fgsm_neighbour_labels(teacher, x, torch.tensor([1]), 0.5).item() == 1
+
+
 # --------------------------------------------------------------------------- the CLI
 def _forget(digits_models, tmp_path, *extra):
     proc = run_in_process("mlflow_forget.py", *digits_models["common"], "--class_to_replace", "-1",
