@@ -1,0 +1,108 @@
+"""The unlearning script's numbers, in the fast suite: a run of main_forget.py (the same `main` as
+mlflow_forget.py, logging to files) is repeated here through the library, and the weights it saved
+and the metrics it recorded must be the ones the library computes for the same flags. A flag passed
+to the wrong field, a model or set swapped, or a reference scored on the wrong checkpoint fails
+here without the slow end-to-end tests. Models: 2 training epochs on digits, in this process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_in_process
+
+import utils
+from dataset import forget_split, load_data
+from evaluation.accuracy import accuracies, model_outputs
+from models import create_model
+from unlearn import make
+from unlearn.impl import Recipe, run
+from unlearn.oneshot import apply
+
+SEED, N = 3, 40
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    save = tmp_path_factory.mktemp("script")
+    common = ["--dataset", "digits", "--epochs", "2", "--save_dir", str(save), "--seed", str(SEED), "--quiet",
+              "--class_to_replace", "-1", "--num_indexes_to_replace", str(N)]
+    run_in_process("main_baseline.py", *common)
+    run_in_process("main_ideal.py", *common)
+    return save, common
+
+
+def _model(path):
+    ckpt = torch.load(path, weights_only=False)
+    net = create_model(ckpt["arch"], ckpt["num_classes"], 1)
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval(), ckpt
+
+
+def _forget(save, common, *flags):
+    run_in_process("main_forget.py", *common, *flags)
+    (summary,) = (save / "unlearned").glob("*_metrics.json")
+    record = json.loads(summary.read_text())
+    (ckpt_path,) = (save / "unlearned").glob("*.pth.tar")
+    summary.unlink()
+    model, ckpt = _model(ckpt_path)
+    ckpt_path.unlink()
+    return record, model, ckpt
+
+
+def _setting(save):
+    data = load_data("digits", save, SEED)
+    split = forget_split(data, SEED, -1, N)
+    original, _ = _model(save / "3smallcnn_ep2model_SA_best.pth.tar")
+    return data, split, original
+
+
+def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(trained):
+    save, common = trained
+    record, saved, ckpt = _forget(save, common, "--unlearn", "NegGrad+", "--unlearn_epochs", "2",
+                                  "--unlearn_lr", "0.02", "--batch_size", "64", "--momentum", "0.5",
+                                  "--weight_decay", "0.001", "--alpha", "0.7")
+    data, split, original = _setting(save)
+    method, addon = make("NegGrad+", alpha=0.7)
+    recipe = Recipe(lr=0.02, epochs=2, batch_size=64, momentum=0.5, weight_decay=0.001,
+                    **utils.SPEED_DEFAULTS["cpu"])
+    mine, _ = run(original, data, split.forget, split.retain, method, addon, recipe, seed=SEED, progress=False)
+    for k, v in mine.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v), k  # the same run, bit for bit
+    assert torch.equal(ckpt["forget_idx"], split.forget)
+    assert record["params"]["recipe_lr"] == 0.02 and record["params"]["recipe_momentum"] == 0.5
+    assert record["params"]["recipe_weight_decay"] == 0.001 and record["params"]["recipe_batch_size"] == 64
+    assert record["params"]["method.alpha"] == 0.7 and record["params"]["recipe_epochs"] == 2
+
+    # the metrics are the saved model's, the references the original's and the ideal model's
+    for key, net in (("metrics", saved), ("original", _setting(save)[2]),  # a fresh copy: run() moved `original`
+                     ("ideal", _model(save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar")[0])):
+        want = accuracies(model_outputs(net, data, split.forget, split.retain))
+        for name in ("UA", "RA", "TA", "VA"):
+            assert record[key][name] == pytest.approx(want[name], abs=1e-9), (key, name)
+    m, o, i = record["metrics"], record["original"], record["ideal"]
+    assert m["UA_gap"] == pytest.approx(abs(m["UA"] - i["UA"]))
+    if abs(i["UA"] - o["UA"]) > 1:
+        assert m["rUA"] == pytest.approx((m["UA"] - o["UA"]) / (i["UA"] - o["UA"]))
+    assert m["RTE"] > 0
+
+
+def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_without_the_class(trained):
+    save, common = trained
+    flags = [c for c in common if c not in ("-1", str(N), "--class_to_replace", "--num_indexes_to_replace")]
+    record, saved, _ = _forget(save, flags, "--class_to_replace", "4",  # the whole class
+                               "--unlearn", "SSD", "--alpha", "2", "--dampening", "0.5", "--batch_size", "128")
+    data = load_data("digits", save, SEED)
+    split = forget_split(data, SEED, 4, None)
+    assert split.is_class_forgetting
+    original, _ = _model(save / "3smallcnn_ep2model_SA_best.pth.tar")
+    method, addon = make("SSD", alpha=2.0, dampening=0.5)
+    apply(original, data, split.forget, split.retain, method, addon, seed=SEED, batch_size=128, forgotten_class=4)
+    for k, v in original.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v), k
+    assert record["ideal"] is None  # no ideal model of this forget set: no closeness metrics, no failure
+    want = accuracies(model_outputs(saved, data, split.forget, split.retain, forgotten_class=4))
+    for name in ("UA", "RA", "TA", "TA_forgotten_class"):
+        assert record["metrics"][name] == pytest.approx(want[name], abs=1e-9), name
+    assert record["params"]["method.dampening"] == 0.5
