@@ -20,7 +20,7 @@ from unlearn.impl import Recipe, _batches, _Gradients, _Stream, run
 from unlearn.methods import fisher as fisher_module
 from unlearn.methods import influence as influence_module
 from unlearn.methods.bad_teacher import BadTeacher
-from unlearn.methods.boundary_expand import BE
+from unlearn.methods.boundary_expand import BE, resized
 from unlearn.methods.boundary_shrink import BS, fgsm_neighbour_labels
 from unlearn.methods.common import Batch, Context, Progress, kl_to_teacher
 from unlearn.methods.fisher import FF, diagonal_fisher
@@ -363,7 +363,8 @@ def test_ff_draws_each_parameter_with_the_published_clamped_channel_averaged_var
     alpha, forgotten = 0.01, 1
     m = FF(alpha=alpha)
     m.setup(Context(model, 4, 1, 1, torch.Generator().manual_seed(9), forgotten_class=forgotten))
-    delta, _ = m.update(model, Sets(model, None, torch.arange(1), torch.arange(1), 1))
+    delta, figures = m.update(model, Sets(model, None, torch.arange(1), torch.arange(1), 1))
+    assert figures["noise_std_mean"] == pytest.approx(sum(d.std().item() for d in delta) / 6)  # 6 tensors
 
     twin = torch.Generator().manual_seed(9)
     head = {id(model[3].weight), id(model[3].bias)}
@@ -478,3 +479,5 @@ def test_be_shadow_row_is_drawn_like_torchs_linear_init_from_the_run_generator_a
     m.restore(model)
     assert model[1].out_features == 2 and m.shadow is None
     assert torch.equal(model[1].weight, grown.weight[:2]) and torch.equal(model[1].bias, grown.bias[:2])
+    bare = resized(nn.Linear(4, 2, bias=False), 3, torch.Generator().manual_seed(0))
+    assert bare.bias is None and bare.out_features == 3  # a layer without a bias gains none
