@@ -180,6 +180,28 @@ def test_one_shot_mask_keeps_exactly_the_coordinates_where_the_update_agrees_wit
     assert 0 < record["kept_share"] < 1
 
 
+def test_one_shot_vargrad_warms_up_on_the_prepare_stream_and_judges_by_the_companion_gradient(digits, original):
+    data, splits = digits
+    split = copy.copy(splits["random"])
+    split.retain = split.retain[:300]  # keeps the test fast
+    full, _ = _unlearn("SSD", original, data, split, alpha=2.0)
+    masked, record = _unlearn("SSD+VarGrad", original, data, split, alpha=2.0)
+    # what apply() should have done: VarGrad's warm-up on the prepare stream and one companion retain batch,
+    # both in train mode from the original weights (seed 0, as _unlearn passes it)
+    from unlearn.impl import COMPANION_STREAM, PREPARE_STREAM, _Gradients, _Stream
+    cpu = torch.device("cpu")
+    net = copy.deepcopy(original).train()
+    _, addon = make("SSD+VarGrad", alpha=2.0)
+    addon.prepare(_Gradients(net, _Stream(data, split.forget, split.retain, PREPARE_STREAM, cpu), 256))
+    g_c = next(_Gradients(net, _Stream(data, split.forget, split.retain, COMPANION_STREAM, cpu), 256).retain_grads(1))
+    step = [(p0 - pf).detach() for p0, pf in zip(original.parameters(), full.parameters())]
+    _, keep = addon.direction(step, g_c, [s.clone() for s in step])
+    for p0, pf, pm, k in zip(original.parameters(), full.parameters(), masked.parameters(), keep):
+        assert torch.equal(pm.detach()[k], pf.detach()[k])
+        assert torch.equal(pm.detach()[~k], p0.detach()[~k])
+    assert 0 < record["kept_share"] < 1
+
+
 @pytest.mark.parametrize("spec, empty", [("SSD", "forget"), ("IU", "retain"), ("FF", "retain")])
 def test_one_shot_method_refuses_an_empty_set_it_reads(digits, original, spec, empty):
     data, splits = digits
