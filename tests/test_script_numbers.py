@@ -85,7 +85,7 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
     assert m["UA_gap"] == pytest.approx(abs(m["UA"] - i["UA"]))
     if abs(i["UA"] - o["UA"]) > 1:
         assert m["rUA"] == pytest.approx((m["UA"] - o["UA"]) / (i["UA"] - o["UA"]))
-    assert m["RTE"] > 0
+    assert 0 < m["RTE"] < 600  # seconds of this run's unlearning
 
 
 def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_without_the_class(trained):
@@ -106,3 +106,4 @@ def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_wit
     for name in ("UA", "RA", "TA", "TA_forgotten_class"):
         assert record["metrics"][name] == pytest.approx(want[name], abs=1e-9), name
     assert record["params"]["method.dampening"] == 0.5
+    assert 0 < record["metrics"]["RTE"] < 600  # the one-shot update's wall time
