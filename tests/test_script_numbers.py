@@ -41,14 +41,18 @@ def _model(path):
 
 
 def _forget(save, common, *flags):
+    """Run main_forget.py; its metrics record, the model it saved, that checkpoint and its run record
+    (the files are removed, so the next run's are the only ones)."""
     run_in_process("main_forget.py", *common, *flags)
-    (summary,) = (save / "unlearned").glob("*_metrics.json")
-    record = json.loads(summary.read_text())
-    (ckpt_path,) = (save / "unlearned").glob("*.pth.tar")
-    summary.unlink()
+    out = save / "unlearned"
+    (summary,) = out.glob("*_metrics.json")
+    (run_path,) = out.glob("*_run.json")
+    (ckpt_path,) = out.glob("*.pth.tar")
+    record, run_record = json.loads(summary.read_text()), json.loads(run_path.read_text())
     model, ckpt = _model(ckpt_path)
-    ckpt_path.unlink()
-    return record, model, ckpt
+    for f in (summary, run_path, ckpt_path):
+        f.unlink()
+    return record, model, ckpt, run_record
 
 
 def _setting(save):
@@ -60,20 +64,32 @@ def _setting(save):
 
 def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(trained):
     save, common = trained
-    record, saved, ckpt = _forget(save, common, "--unlearn", "NegGrad+", "--unlearn_epochs", "2",
-                                  "--unlearn_lr", "0.02", "--batch_size", "64", "--momentum", "0.5",
-                                  "--weight_decay", "0.001", "--alpha", "0.7")
+    record, saved, ckpt, run_record = _forget(save, common, "--unlearn", "NegGrad+VarGrad", "--unlearn_epochs", "2",
+                                              "--unlearn_lr", "0.02", "--batch_size", "64", "--momentum", "0.5",
+                                              "--weight_decay", "0.001", "--alpha", "0.7", "--beta", "0.8")
     data, split, original = _setting(save)
-    method, addon = make("NegGrad+", alpha=0.7)
+    method, addon = make("NegGrad+VarGrad", alpha=0.7, beta=0.8)
     recipe = Recipe(lr=0.02, epochs=2, batch_size=64, momentum=0.5, weight_decay=0.001,
                     **utils.SPEED_DEFAULTS["cpu"])
     mine, _ = run(original, data, split.forget, split.retain, method, addon, recipe, seed=SEED, progress=False)
     for k, v in mine.state_dict().items():
         assert torch.equal(saved.state_dict()[k], v), k  # the same run, bit for bit
     assert torch.equal(ckpt["forget_idx"], split.forget)
-    assert record["params"]["recipe_lr"] == 0.02 and record["params"]["recipe_momentum"] == 0.5
-    assert record["params"]["recipe_weight_decay"] == 0.001 and record["params"]["recipe_batch_size"] == 64
-    assert record["params"]["method.alpha"] == 0.7 and record["params"]["recipe_epochs"] == 2
+    assert record["params"] == {
+        "method": "NegGrad+", "addon": "VarGrad", "unlearn_spec": "NegGrad+VarGrad", "method_kind": "loop",
+        "recipe_lr": 0.02, "recipe_epochs": 2, "recipe_optimizer": "sgd", "recipe_weight_decay": 0.001,
+        "recipe_momentum": 0.5, "recipe_batch_size": 64, "bn_stats": "update",
+        "original_checkpoint": str(save / "3smallcnn_ep2model_SA_best.pth.tar"), "method.alpha": 0.7,
+        **{f"addon.{k}": getattr(addon, k) for k in ("beta", "quantile", "warmup_batches")}}
+    assert addon.beta == 0.8
+    # the run record: its experiment and name, the forget set's tags, one training record per epoch
+    assert (run_record["experiment"], run_record["run_name"], run_record["status"]) == \
+        ("digits", "NegGrad+VarGrad", "FINISHED")
+    tags = run_record["tags"]
+    assert (tags["forget_mode"], tags["num_forget"]) == ("random", str(N))
+    assert tags["forget_sha1"] == split.info["forget_sha1"]
+    assert [step for step, _ in run_record["metrics"]["train/unlearn"]] == [1, 2]
+    assert run_record["params"]["addon.beta"] == "0.8" and run_record["params"]["unlearn_lr"] == "0.02"
 
     # the metrics are the saved model's, the references the original's and the ideal model's
     for key, net in (("metrics", saved), ("original", _setting(save)[2]),  # a fresh copy: run() moved `original`
@@ -91,13 +107,13 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
 def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_without_the_class(trained):
     save, common = trained
     flags = [c for c in common if c not in ("-1", str(N), "--class_to_replace", "--num_indexes_to_replace")]
-    record, saved, _ = _forget(save, flags, "--class_to_replace", "4",  # the whole class
-                               "--unlearn", "SSD", "--alpha", "2", "--dampening", "0.5", "--batch_size", "128")
+    record, saved, _, run_record = _forget(save, flags, "--class_to_replace", "4",  # the whole class
+                                           "--unlearn", "FF", "--alpha", "1e-7", "--batch_size", "128")
     data = load_data("digits", save, SEED)
     split = forget_split(data, SEED, 4, None)
     assert split.is_class_forgetting
     original, _ = _model(save / "3smallcnn_ep2model_SA_best.pth.tar")
-    method, addon = make("SSD", alpha=2.0, dampening=0.5)
+    method, addon = make("FF", alpha=1e-7)
     apply(original, data, split.forget, split.retain, method, addon, seed=SEED, batch_size=128, forgotten_class=4)
     for k, v in original.state_dict().items():
         assert torch.equal(saved.state_dict()[k], v), k
@@ -105,5 +121,7 @@ def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_wit
     want = accuracies(model_outputs(saved, data, split.forget, split.retain, forgotten_class=4))
     for name in ("UA", "RA", "TA", "TA_forgotten_class"):
         assert record["metrics"][name] == pytest.approx(want[name], abs=1e-9), name
-    assert record["params"]["method.dampening"] == 0.5
+    assert record["params"]["method.alpha"] == 1e-7 and record["params"]["method_kind"] == "one-shot"
+    assert "recipe_lr" not in record["params"]  # a one-shot method has no recipe
+    assert run_record["tags"]["forget_mode"] == "class" and "train/moved_share" in run_record["metrics"]
     assert 0 < record["metrics"]["RTE"] < 600  # the one-shot update's wall time
