@@ -15,6 +15,7 @@ from conftest import run_in_process
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import accuracies, model_outputs
+from evaluation.report import model_metrics
 from models import create_model
 from unlearn import make
 from unlearn.impl import Recipe, run
@@ -91,12 +92,20 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
     assert [step for step, _ in run_record["metrics"]["train/unlearn"]] == [1, 2]
     assert run_record["params"]["addon.beta"] == "0.8" and run_record["params"]["unlearn_lr"] == "0.02"
 
-    # the metrics are the saved model's, the references the original's and the ideal model's
+    # the metrics are the saved model's, the references the original's and the ideal model's, each with the
+    # run's seed for the membership attacks
+    ideal_path = save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar"
     for key, net in (("metrics", saved), ("original", _setting(save)[2]),  # a fresh copy: run() moved `original`
-                     ("ideal", _model(save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar")[0])):
-        want = accuracies(model_outputs(net, data, split.forget, split.retain))
-        for name in ("UA", "RA", "TA", "VA"):
-            assert record[key][name] == pytest.approx(want[name], abs=1e-9), (key, name)
+                     ("ideal", _model(ideal_path)[0])):
+        want = model_metrics(model_outputs(net, data, split.forget, split.retain), SEED)
+        got = {k: v for k, v in record[key].items() if k in want}
+        assert got == pytest.approx(want, abs=1e-9), key
+    assert set(want) <= set(record["metrics"]) and set(record["original"]) == set(want)
+    assert record["unlearn"] == "NegGrad+VarGrad" and record["ideal_checkpoint"] == str(ideal_path)
+    assert (ckpt["unlearn"], ckpt["kind"], ckpt["imagenet_arch"], ckpt["seed"]) == \
+        ("NegGrad+VarGrad", "unlearned", False, SEED)
+    assert tags["ideal_checkpoint"] == str(ideal_path) and tags["polarity.UA"] == "closer to ideal"
+    assert tags["polarity.RTE"] == "lower"
     m, o, i = record["metrics"], record["original"], record["ideal"]
     assert m["UA_gap"] == pytest.approx(abs(m["UA"] - i["UA"]))
     if abs(i["UA"] - o["UA"]) > 1:
