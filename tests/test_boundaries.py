@@ -4,6 +4,7 @@ a bound left out) fails one of the two sides."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 
 import numpy as np
@@ -13,7 +14,7 @@ from conftest import run_in_process
 
 import trainer
 from backdoor import Trigger
-from dataset import load_data
+from dataset import forget_split, load_data
 from errors import UserError
 from unlearn import make
 from unlearn.methods.common import last_layers
@@ -123,3 +124,23 @@ def test_class_and_size_boundaries_name_the_flag():
             forget_indices(y, train, 0, c, 1, 10)
     with pytest.raises(UserError, match="--num_indexes_to_replace 0: the forget set needs at least 1"):
         forget_indices(y, train, 0, -1, 0, 10)
+
+
+def test_num_classes_boundary(tmp_path):
+    """digits' labels run to 9: --num_classes 10 is accepted, 9 refused with its own message."""
+    assert load_data("digits", tmp_path, seed=0, num_classes=10).num_classes == 10
+    with pytest.raises(UserError, match="--num_classes 9 is too small: digits has labels up to 9"):
+        load_data("digits", tmp_path, seed=0, num_classes=9)
+
+
+def test_the_forget_set_record_says_how_the_set_was_drawn(tmp_path):
+    data = load_data("digits", tmp_path, seed=2)
+    split = forget_split(data, 2, 5, 30)
+    forget = split.forget.numpy()
+    assert split.info == {
+        "dataset": "digits", "seed": 2, "class_to_replace": 5, "num_indexes_to_replace": 30, "mode": "subset",
+        "num_train": len(data.train_idx), "num_val": len(data.val_idx), "num_test": len(data.y_test),
+        "num_forget": 30, "num_retain": len(data.train_idx) - 30,
+        "forget_sha1": hashlib.sha1(forget.astype(np.int64).tobytes()).hexdigest()}
+    assert (data.y_train[split.forget] == 5).all()
+    assert forget_split(data, 2, -1, 30).info["mode"] == "random"
