@@ -17,6 +17,7 @@ from backdoor import Trigger
 from dataset import forget_split, load_data
 from errors import UserError
 from unlearn import make
+from unlearn.cli import build_parser
 from unlearn.methods.common import last_layers
 
 TINY = 1e-12
@@ -144,3 +145,15 @@ def test_the_forget_set_record_says_how_the_set_was_drawn(tmp_path):
         "forget_sha1": hashlib.sha1(forget.astype(np.int64).tobytes()).hexdigest()}
     assert (data.y_train[split.forget] == 5).all()
     assert forget_split(data, 2, -1, 30).info["mode"] == "random"
+
+
+def test_unlearning_parser_types_and_choices(capsys):
+    """The papers' flags parse to typed values; an optimizer outside the choices is refused by the parser."""
+    parser = build_parser("doc")
+    args = parser.parse_args(["--warmup", "2", "--optimizer", "adam", "--unlearn_lr", "0.01", "--unlearn_epochs", "3",
+                              "--beta", "0.9", "--quantile", "0.55", "--class_to_replace", "-1"])
+    assert (args.warmup, args.optimizer, args.unlearn_lr, args.unlearn_epochs) == (2, "adam", 0.01, 3)
+    assert (args.beta, args.quantile, args.class_to_replace) == (0.9, 0.55, -1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--optimizer", "rmsprop"])
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
