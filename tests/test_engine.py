@@ -476,3 +476,31 @@ def test_speed_options_resolve_to_the_device_defaults_and_keep_what_was_given():
     assert {k: getattr(unset, k) for k in utils.SPEED_OPTIONS} == utils.SPEED_DEFAULTS["cpu"]
     utils.device_for(given)
     assert given.amp is True and given.channels_last is False
+
+
+def test_a_recipes_adam_uses_its_momentum_as_beta1_and_torchs_beta2():
+    from unlearn.impl import _Stepper
+    q = torch.tensor([1.0, -2.0, 0.5])
+    ref = torch.nn.Parameter(q.clone())
+    opt = torch.optim.Adam([ref], lr=0.1, betas=(0.7, 0.999), weight_decay=0.01)
+    stepper = _Stepper([q], Recipe(optimizer="adam", momentum=0.7, weight_decay=0.01))
+    for g in ([0.3, -0.1, 0.0], [0.2, 0.4, -1.0], [-0.5, 0.1, 0.2], [0.1, 0.1, 0.1]):
+        stepper.step([torch.tensor(g)], None, 0.1)
+        ref.grad = torch.tensor(g)
+        opt.step()
+    assert torch.allclose(q, ref.detach(), atol=1e-7)
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(digits):
+    data, split = digits
+    recipe = Recipe(lr=0.05, epochs=2, batch_size=64)
+    model = create_model("smallcnn", 10, 1)
+    states = []
+    whole, _ = run(copy.deepcopy(model), data, split.forget, split.retain, FT(), None, recipe, seed=4, progress=False,
+                   on_state=states.append)
+    assert [s["epoch"] for s in states] == [1, 2] and "cuda_rng" not in states[0]
+    resumed, history = run(copy.deepcopy(model), data, split.forget, split.retain, FT(), None, recipe, seed=4,
+                           progress=False, resume=states[0])
+    assert [r["epoch"] for r in history] == [1, 2]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
