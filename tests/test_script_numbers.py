@@ -23,6 +23,10 @@ from unlearn.oneshot import apply
 
 SEED, N = 3, 40
 
+# The script runs on CUDA where there is one and the library's run here on the CPU: the bit-for-bit
+# comparison holds on the CPU only (unmeasured on CUDA, where this project has had no machine).
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="compares a CUDA run with a CPU one")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
