@@ -33,8 +33,9 @@ def trained(tmp_path_factory):
     save = tmp_path_factory.mktemp("script")
     common = ["--dataset", "digits", "--epochs", "2", "--save_dir", str(save), "--seed", str(SEED), "--quiet",
               "--class_to_replace", "-1", "--num_indexes_to_replace", str(N)]
-    run_in_process("main_baseline.py", *common)
-    run_in_process("main_ideal.py", *common)
+    recipe = ["--momentum", "0.8"]  # off Recipe's default, so retrain must read the original's recipe
+    run_in_process("main_baseline.py", *common, *recipe)
+    run_in_process("main_ideal.py", *common, *recipe)
     return save, common
 
 
@@ -138,3 +139,32 @@ def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_wit
     assert "recipe_lr" not in record["params"]  # a one-shot method has no recipe
     assert run_record["tags"]["forget_mode"] == "class" and "train/moved_share" in run_record["metrics"]
     assert 0 < record["metrics"]["RTE"] < 600  # the one-shot update's wall time
+
+
+def test_retrain_through_the_script_is_main_ideals_model_and_records_the_originals_recipe(trained):
+    save, common = trained
+    record, saved, ckpt, _ = _forget(save, common, "--unlearn", "retrain")
+    ideal, _ = _model(save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar")
+    for k, v in ideal.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v), k  # main_ideal.py's training, bit for bit
+    assert (record["params"]["method_kind"], record["params"]["recipe_epochs"]) == ("retrain", 2)
+    assert record["metrics"]["UA_gap"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_evaluate_scores_a_given_checkpoint_without_unlearning_or_saving(trained):
+    save, common = trained
+    ideal_path = save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar"
+    run_in_process("main_forget.py", *common, "--evaluate", str(ideal_path))
+    out = save / "unlearned"
+    (summary,) = out.glob("*_metrics.json")
+    record = json.loads(summary.read_text())
+    assert not list(out.glob("*.pth.tar"))  # nothing unlearned, nothing saved
+    for f in out.glob("*.json"):
+        f.unlink()
+    assert record["unlearn"] == "evaluate:ideal"
+    assert record["params"] == {"unlearn_spec": "evaluate:ideal", "evaluated_checkpoint": str(ideal_path.resolve()),
+                                "original_checkpoint": str(save / "3smallcnn_ep2model_SA_best.pth.tar")}
+    data, split, _ = _setting(save)
+    want = model_metrics(model_outputs(_model(ideal_path)[0], data, split.forget, split.retain), SEED)
+    assert {k: v for k, v in record["metrics"].items() if k in want} == pytest.approx(want, abs=1e-9)
+    assert record["metrics"]["RTE"] == 0.0 and record["metrics"]["UA_gap"] == pytest.approx(0.0, abs=1e-9)
