@@ -53,6 +53,17 @@ def run_in_process(script: str, *args: str, check: bool = True) -> subprocess.Co
     return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
+def load_model(path, **checks):
+    """A checkpoint (checked as utils.load_checkpoint checks it) and the model it holds."""
+    from models import create_model
+    from utils import load_checkpoint
+
+    ckpt = load_checkpoint(path, **checks)
+    model = create_model(ckpt["arch"], ckpt["num_classes"], 1)
+    model.load_state_dict(ckpt["state_dict"])
+    return ckpt, model
+
+
 @pytest.fixture(scope="session")
 def digits_models(tmp_path_factory) -> dict:
     """Original model and the ideal models of a random (N=100) and a class (C=3) forget set."""

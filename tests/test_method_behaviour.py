@@ -199,15 +199,15 @@ def test_the_loops_batches_are_augmented_and_its_statistics_are_not():
     data, forget, retain = _tiny_data(6, 10)
     data.x_train[:] = 255  # every stored image is the same: an unaugmented batch is all one value
     stored = data.normalise(data.x_train[:1])
+    p = make("NegGrad+")[0].passes(0)[0]  # a pass over D_F that cycles D_R
     stream = _Stream(data, forget, retain, 0, torch.device("cpu"))
-    (chunk, flags), *_ = stream.walk(make("NegGrad+")[0].passes(0)[0], 4)
-    drawn = stream.draw(make("NegGrad+")[0].passes(0)[0], chunk, flags, 4)
+    (chunk, flags), *_ = stream.walk(p, 4)
+    drawn = stream.draw(p, chunk, flags, 4)
     for name in ("forget", "retain"):
         x = drawn[name].x
         assert x.shape[1:] == stored.shape[1:] and not torch.equal(x, stored.expand_as(x)), name
     # the crops and flips come from the stream's own generator: the same seed draws the same images
     data.x_train[:] = torch.randint(0, 256, data.x_train.shape, dtype=torch.uint8, generator=torch.Generator())
-    p = make("NegGrad+")[0].passes(0)[0]
 
     def images(seed):
         torch.manual_seed(seed)  # the global stream must not matter

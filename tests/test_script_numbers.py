@@ -10,13 +10,12 @@ import json
 
 import pytest
 import torch
-from conftest import run_in_process
+from conftest import load_model, run_in_process
 
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import accuracies, model_outputs
 from evaluation.report import model_metrics
-from models import create_model
 from unlearn import make
 from unlearn.impl import Recipe, run
 from unlearn.oneshot import apply
@@ -39,11 +38,12 @@ def trained(tmp_path_factory):
     return save, common
 
 
-def _model(path):
-    ckpt = torch.load(path, weights_only=False)
-    net = create_model(ckpt["arch"], ckpt["num_classes"], 1)
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
+def _original(save):
+    return utils.original_checkpoint_path(save, SEED, "smallcnn", 2)
+
+
+def _ideal(save):
+    return utils.ideal_checkpoint_path(save, SEED, "smallcnn", 2, -1, N)
 
 
 def _forget(save, common, *flags):
@@ -55,17 +55,16 @@ def _forget(save, common, *flags):
     (run_path,) = out.glob("*_run.json")
     (ckpt_path,) = out.glob("*.pth.tar")
     record, run_record = json.loads(summary.read_text()), json.loads(run_path.read_text())
-    model, ckpt = _model(ckpt_path)
+    ckpt, model = load_model(ckpt_path)
     for f in (summary, run_path, ckpt_path):
         f.unlink()
     return record, model, ckpt, run_record
 
 
-def _setting(save):
+def _setting(save, class_to_replace=-1, n=N):
+    """The run's data, forget split and a fresh copy of the original model."""
     data = load_data("digits", save, SEED)
-    split = forget_split(data, SEED, -1, N)
-    original, _ = _model(save / "3smallcnn_ep2model_SA_best.pth.tar")
-    return data, split, original
+    return data, forget_split(data, SEED, class_to_replace, n), load_model(_original(save))[1]
 
 
 def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(trained):
@@ -85,7 +84,7 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
         "method": "NegGrad+", "addon": "VarGrad", "unlearn_spec": "NegGrad+VarGrad", "method_kind": "loop",
         "recipe_lr": 0.02, "recipe_epochs": 2, "recipe_optimizer": "sgd", "recipe_weight_decay": 0.001,
         "recipe_momentum": 0.5, "recipe_batch_size": 64, "bn_stats": "update",
-        "original_checkpoint": str(save / "3smallcnn_ep2model_SA_best.pth.tar"), "method.alpha": 0.7,
+        "original_checkpoint": str(_original(save)), "method.alpha": 0.7,
         **{f"addon.{k}": getattr(addon, k) for k in ("beta", "quantile", "warmup_batches")}}
     assert addon.beta == 0.8
     # the run record: its experiment and name, the forget set's tags, one training record per epoch
@@ -99,9 +98,9 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
 
     # the metrics are the saved model's, the references the original's and the ideal model's, each with the
     # run's seed for the membership attacks
-    ideal_path = save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar"
+    ideal_path = _ideal(save)
     for key, net in (("metrics", saved), ("original", _setting(save)[2]),  # a fresh copy: run() moved `original`
-                     ("ideal", _model(ideal_path)[0])):
+                     ("ideal", load_model(ideal_path)[1])):
         want = model_metrics(model_outputs(net, data, split.forget, split.retain), SEED)
         got = {k: v for k, v in record[key].items() if k in want}
         assert got == pytest.approx(want, abs=1e-9), key
@@ -123,10 +122,8 @@ def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_wit
     flags = [c for c in common if c not in ("-1", str(N), "--class_to_replace", "--num_indexes_to_replace")]
     record, saved, _, run_record = _forget(save, flags, "--class_to_replace", "4",  # the whole class
                                            "--unlearn", "FF", "--alpha", "1e-7", "--batch_size", "128")
-    data = load_data("digits", save, SEED)
-    split = forget_split(data, SEED, 4, None)
+    data, split, original = _setting(save, 4, None)
     assert split.is_class_forgetting
-    original, _ = _model(save / "3smallcnn_ep2model_SA_best.pth.tar")
     method, addon = make("FF", alpha=1e-7)
     apply(original, data, split.forget, split.retain, method, addon, seed=SEED, batch_size=128, forgotten_class=4)
     for k, v in original.state_dict().items():
@@ -144,7 +141,7 @@ def test_a_one_shot_run_saves_the_library_update_and_class_forgetting_scores_wit
 def test_retrain_through_the_script_is_main_ideals_model_and_records_the_originals_recipe(trained):
     save, common = trained
     record, saved, ckpt, _ = _forget(save, common, "--unlearn", "retrain")
-    ideal, _ = _model(save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar")
+    _, ideal = load_model(_ideal(save))
     for k, v in ideal.state_dict().items():
         assert torch.equal(saved.state_dict()[k], v), k  # main_ideal.py's training, bit for bit
     assert (record["params"]["method_kind"], record["params"]["recipe_epochs"]) == ("retrain", 2)
@@ -153,7 +150,7 @@ def test_retrain_through_the_script_is_main_ideals_model_and_records_the_origina
 
 def test_evaluate_scores_a_given_checkpoint_without_unlearning_or_saving(trained):
     save, common = trained
-    ideal_path = save / f"3smallcnn_ep2_C-1_N{N}_ideal.pth.tar"
+    ideal_path = _ideal(save)
     run_in_process("main_forget.py", *common, "--evaluate", str(ideal_path))
     out = save / "unlearned"
     (summary,) = out.glob("*_metrics.json")
@@ -163,8 +160,8 @@ def test_evaluate_scores_a_given_checkpoint_without_unlearning_or_saving(trained
         f.unlink()
     assert record["unlearn"] == "evaluate:ideal"
     assert record["params"] == {"unlearn_spec": "evaluate:ideal", "evaluated_checkpoint": str(ideal_path.resolve()),
-                                "original_checkpoint": str(save / "3smallcnn_ep2model_SA_best.pth.tar")}
+                                "original_checkpoint": str(_original(save))}
     data, split, _ = _setting(save)
-    want = model_metrics(model_outputs(_model(ideal_path)[0], data, split.forget, split.retain), SEED)
+    want = model_metrics(model_outputs(load_model(ideal_path)[1], data, split.forget, split.retain), SEED)
     assert {k: v for k, v in record["metrics"].items() if k in want} == pytest.approx(want, abs=1e-9)
     assert record["metrics"]["RTE"] == 0.0 and record["metrics"]["UA_gap"] == pytest.approx(0.0, abs=1e-9)

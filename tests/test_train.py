@@ -8,23 +8,15 @@ import sys
 
 import pytest
 import torch
-from conftest import EPOCHS, REPO, run_in_process, run_script
+from conftest import EPOCHS, REPO, load_model, run_in_process, run_script
 
-from models import create_model
 from utils import UserError, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
-def _load(path, **kw):
-    ckpt = load_checkpoint(path, **kw)
-    model = create_model(ckpt["arch"], ckpt["num_classes"], 1)
-    model.load_state_dict(ckpt["state_dict"])
-    return ckpt, model
-
-
 def test_original_model_is_accurate_and_records_its_making(digits_models):
-    ckpt, _ = _load(digits_models["original"], dataset="digits", arch="smallcnn")
+    ckpt, _ = load_model(digits_models["original"], dataset="digits", arch="smallcnn")
     assert ckpt["accuracy"]["TA"] >= 90
     assert ckpt["kind"] == "original" and ckpt["epochs"] == EPOCHS and ckpt["seed"] == 1
     assert ckpt["split"]["mode"] == "random" and ckpt["split"]["num_forget"] == 100
@@ -36,9 +28,9 @@ def test_original_model_is_accurate_and_records_its_making(digits_models):
 
 
 def test_ideal_models_forget_accuracy(digits_models):
-    rnd, _ = _load(digits_models["ideal_random"])
-    cls, _ = _load(digits_models["ideal_class"])
-    orig, _ = _load(digits_models["original"])
+    rnd, _ = load_model(digits_models["ideal_random"])
+    cls, _ = load_model(digits_models["ideal_class"])
+    orig, _ = load_model(digits_models["original"])
     assert torch.equal(rnd["forget_idx"], orig["forget_idx"])  # the same D_F from the same arguments
     # random forgetting: unseen samples are classified about as well as the test set
     assert abs(rnd["accuracy"]["FA"] - rnd["accuracy"]["TA"]) < 8

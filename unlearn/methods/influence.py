@@ -11,8 +11,9 @@ by WoodFisher (Singh & Alistarh 2020). One shot, eval mode:
     theta <- theta + alpha k
 
 The gradients are read from the stored images (theirs go through the training transform,
-augmented on CIFAR). Their loop also stops after N samples with N = 1000, and uses N as the dampening in the
-denominator; `--iu_samples` sets both (their loop reads N + 2 samples, here exactly N).
+augmented on CIFAR). Their loop also stops after N samples with N = 1000, and uses N as
+the dampening in the denominator; `--iu_samples` sets both (their loop reads N + 2
+samples, here exactly N).
 Memory: six flat vectors of all trainable parameters (v, g_F, g_R, k, o and one
 per-sample gradient), 24 bytes per parameter in float32: about 270 MB for ResNet-18 (11.2M
 parameters), 2.5 MB for smallcnn. Time: n_F + n_R samples in batches plus N single-sample
