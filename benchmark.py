@@ -23,6 +23,7 @@ import pandas as pd
 
 import sweep
 import tracking
+import utils
 from sweep import Grid
 from unlearn import spec_name
 from utils import UserError, run_main
@@ -126,11 +127,9 @@ def collect_runs(uri: str, hashes: set[str]) -> pd.DataFrame:
 
 
 def ideal_train_time(path: str | None) -> float:
-    import torch
-
     if not isinstance(path, str) or not Path(path).is_file():
         return float("nan")
-    return float(torch.load(path, map_location="cpu", weights_only=False).get("train_time_s", float("nan")))
+    return float(utils.read_torch_file(path).get("train_time_s", float("nan")))
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:

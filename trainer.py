@@ -192,7 +192,7 @@ def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool,
 def _load_state(path: Path, recipe: Recipe, seed: int) -> dict:
     """A resumable state, refused when damaged or made for another recipe or seed."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = utils.read_torch_file(path)
         ok = isinstance(saved, dict) and {"loop", "best", "recipe", "seed", "wall"} <= set(saved)
     except Exception:  # truncated or foreign
         ok = False

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -143,7 +144,7 @@ def provenance() -> dict[str, str]:
     info = {
         "git_commit": git_commit(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: a TorchVersion would need an allow-list to load
         "numpy": np.__version__,
         "sklearn": sklearn.__version__,
         "cuda": torch.version.cuda or "none",
@@ -213,6 +214,31 @@ def exclusive(path: Path):
         yield
 
 
+# Classes a file of this toolkit may hold beyond tensors and plain types: checkpoints written before
+# provenance stored torch's version as a str carry a TorchVersion (a str subclass, no code).
+SAFE_GLOBALS = [torch.torch_version.TorchVersion]
+
+
+class UnsafeFile(Exception):
+    """A torch file that holds a pickled object of a class outside the allow-list: never unpickled."""
+
+
+def read_torch_file(path: str | Path) -> Any:
+    """torch.load with weights_only=True: tensors, plain Python types and SAFE_GLOBALS only, so a
+    file whose pickle names any other class or function (which could run code) is refused, not run.
+    Raises UnsafeFile for such a file, and torch's own error for a truncated or foreign one."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if "Weights only load failed" in str(e) or found:
+            raise UnsafeFile(f"object ({found.group(1)})" if found else "object") from None
+        raise
+
+
 def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str | None = None,
                     made_by: str = "") -> dict[str, Any]:
     """Load a checkpoint and refuse one made for another data set or architecture."""
@@ -222,7 +248,11 @@ def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str |
         raise UserError(f"checkpoint {path} not found{hint}")
     again = f"; remove it and make it again with: {made_by}" if made_by else "; remove it and make it again"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = read_torch_file(path)
+    except UnsafeFile as e:
+        raise UserError(f"checkpoint {path} was refused: it holds a pickled {e} that is not a tensor or plain "
+                        "type and could run code when loaded; load only checkpoints whose origin you trust, saved "
+                        "as tensors and plain types") from None
     except Exception as e:  # a truncated or foreign file: say which file, not a traceback
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise UserError(f"checkpoint {path} could not be read, truncated or not a checkpoint ({type(e).__name__}"

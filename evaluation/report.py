@@ -116,7 +116,7 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
 def _cached_reference(cache: Path, build_model, data, split, forgotten, seed, svc_max):
     if cache.is_file():
         try:
-            saved = torch.load(cache, weights_only=False)
+            saved = utils.read_torch_file(cache)
             return saved["metrics"], Outputs(**saved["outputs"])
         except Exception:  # a damaged cache is recomputed
             pass

@@ -18,7 +18,7 @@ import sweep
 from backdoor import Trigger
 from dataset import forget_indices, load_data
 from models import create_model
-from utils import UserError
+from utils import UserError, read_torch_file
 
 TRIGGER = ["--trigger_size", "2", "--trigger_margin", "0", "--trigger_pattern", "white"]
 
@@ -126,7 +126,7 @@ WHITE_2X2 = Trigger(2, 0, "br", "white")
 
 
 def asr_and_ta(path, trigger=WHITE_2X2):
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = read_torch_file(path)
     model = create_model("smallcnn", 10, 1)
     model.load_state_dict(ckpt["state_dict"])
     data = load_data("digits", "./data", seed=1)

@@ -183,7 +183,7 @@ def test_help_lists_registered_methods_and_addons():
 
 
 def _weights(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return utils.read_torch_file(path)["state_dict"]
 
 
 def _without(cmd: list[str], *flags: str) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import EPOCHS, REPO, load_model, run_in_process, run_script
 
-from utils import UserError, load_checkpoint
+from utils import UserError, load_checkpoint, read_torch_file
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +57,8 @@ def test_cpu_training_is_deterministic(tmp_path):
               if line.startswith("epoch ")]
     final = proc.stdout.strip().splitlines()[-1]
     assert f"val acc {max(epochs):.2f} (all classes)" in final and "(D_F and D_R, its training set)" in final
-    a = torch.load(tmp_path / "a" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "b" / "5smallcnn_ep2model_SA_best.pth.tar", weights_only=False)["state_dict"]
+    a = read_torch_file(tmp_path / "a" / "5smallcnn_ep2model_SA_best.pth.tar")["state_dict"]
+    b = read_torch_file(tmp_path / "b" / "5smallcnn_ep2model_SA_best.pth.tar")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -100,8 +100,8 @@ def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_pat
     assert sweep.command_of(line)[-1] == "--resume"
     resumed = run_script(*line.argv, "--resume")
     assert "resuming after epoch" in resumed.stdout and "epoch 1/8" not in resumed.stdout
-    whole = torch.load(tmp_path / "whole" / name, weights_only=False)
-    cut = torch.load(tmp_path / "cut" / name, weights_only=False)
+    whole = read_torch_file(tmp_path / "whole" / name)
+    cut = read_torch_file(tmp_path / "cut" / name)
     assert all(torch.equal(whole["state_dict"][k], cut["state_dict"][k]) for k in whole["state_dict"])
     assert [h["utility"] for h in whole["history"]] == [h["utility"] for h in cut["history"]]
     assert cut["best_epoch"] == whole["best_epoch"]
@@ -111,7 +111,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_pat
     # a finished checkpoint is never trained over
     again = run_script(*line.argv, "--resume")
     assert "is finished; --resume leaves it as it is" in again.stdout
-    assert torch.load(tmp_path / "cut" / name, weights_only=False)["train_time_s"] == cut["train_time_s"]
+    assert read_torch_file(tmp_path / "cut" / name)["train_time_s"] == cut["train_time_s"]
 
 
 @pytest.mark.parametrize("state", ["damaged", "other recipe"])

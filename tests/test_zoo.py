@@ -21,6 +21,7 @@ from unlearn.methods.common import weight_layers
 from unlearn.methods.ft import FT
 from unlearn.methods.ssd import dampening_factors
 from unlearn.oneshot import Sets, apply
+from utils import read_torch_file
 
 ONE_SHOT = sorted(m for m, cls in METHODS.items() if cls.kind == "one-shot")
 
@@ -314,9 +315,9 @@ def _forget(digits_models, tmp_path, *extra):
 def test_retrain_through_the_cli_equals_main_ideal_bit_for_bit(digits_models, tmp_path):
     proc = _forget(digits_models, tmp_path, "--unlearn", "retrain")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    ideal = torch.load(digits_models["ideal_random"], weights_only=False)
+    ideal = read_torch_file(digits_models["ideal_random"])
     path = proc.stdout.strip().splitlines()[-1].split("-> ")[-1]
-    mine = torch.load(path, weights_only=False)
+    mine = read_torch_file(path)
     assert mine["resolved"]["recipe_epochs"] == EPOCHS and mine["resolved"]["method_kind"] == "retrain"
     assert all(torch.equal(ideal["state_dict"][k], mine["state_dict"][k]) for k in ideal["state_dict"])
     assert mine["metrics"]["RTE"] > 0
@@ -334,8 +335,8 @@ def test_one_shot_run_through_the_cli_logs_its_kind_and_warns_on_loop_flags(digi
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--unlearn_lr not used by SSD, a one-shot method" in proc.stderr
     path = proc.stdout.strip().splitlines()[-1].split("-> ")[-1]
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = read_torch_file(path)
     assert ckpt["resolved"]["method_kind"] == "one-shot" and "recipe_lr" not in ckpt["resolved"]
-    original = torch.load(digits_models["original"], weights_only=False)["state_dict"]
+    original = read_torch_file(digits_models["original"])["state_dict"]
     moved = sum((ckpt["state_dict"][k] != v).sum().item() for k, v in original.items() if v.is_floating_point())
     assert moved > 0
