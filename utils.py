@@ -234,9 +234,18 @@ def read_torch_file(path: str | Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if "Weights only load failed" in str(e) or found:
-            raise UnsafeFile(f"object ({found.group(1)})" if found else "object") from None
+        if found:
+            raise UnsafeFile(f"object ({found.group(1)})") from None
         raise
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of an error text (torch's run to a paragraph), or its first line."""
+    text = text.strip()
+    if "WeightsUnpickler error:" in text:  # not a pickle at all: torch's hint about weights_only is beside the point
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
+    line = text.splitlines()[0] if text else ""
+    return re.split(r"(?<=[a-z)])\. ", line)[0].rstrip(".")
 
 
 def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str | None = None,
@@ -254,7 +263,7 @@ def load_checkpoint(path: str | Path, *, dataset: str | None = None, arch: str |
                         "type and could run code when loaded; load only checkpoints whose origin you trust, saved "
                         "as tensors and plain types") from None
     except Exception as e:  # a truncated or foreign file: say which file, not a traceback
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        reason = first_sentence(str(e))
         raise UserError(f"checkpoint {path} could not be read, truncated or not a checkpoint ({type(e).__name__}"
                         f"{': ' + reason if reason else ''}){again}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
