@@ -69,9 +69,13 @@ def _unlearn(spec, model, data, split, recipe=None, **hp):
 
 
 # ------------------------------------------------------------------ behaviour on digits
+# Margins that hold on any CPU: with these recipes, over unlearning seeds 0-4, on AVX2 kernels and on the
+# portable ones (ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41), FA ends at <= 14 (BS) and <= 10 (BE)
+# and RA at 75-86 (BS) and 73-80 (BE). BS at 10 epochs kept training on the forget set alone and drifted to
+# RA 73 here and 47-55 on other kernels, across this test's RA > 60.
 @pytest.mark.parametrize("spec, recipe, hp", [
     # digits' 8x8 images have 17 grey levels: a step of 0.1 relabels about half the class, 0.3 all of it
-    ("BS", Recipe(lr=0.01, epochs=10, batch_size=64), {"epsilon": 0.3}),
+    ("BS", Recipe(lr=0.01, epochs=3, batch_size=64), {"epsilon": 0.3}),
     ("BE", Recipe(lr=0.01, epochs=20, batch_size=64), {}),
     ("FF", None, {}),
     ("SSD", None, {"alpha": 50.0}),  # alpha 10, the CIFAR default, also dampens much of the rest on digits
