@@ -312,6 +312,34 @@ def test_bn_stats_freeze_with_every_weight_frozen_leaves_the_state_dict_bit_iden
         assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("spec", ["GA", "RL"])
+def test_an_addons_own_terms_move_no_batch_norm_statistics(digits, trained, spec):
+    """GA has no retain term and RL's forget pass none either: the add-on's retain forward must leave the
+    running statistics alone, so the plain method and its add-on runs make the same updates."""
+    data, split = digits
+    counts = {}
+    for addon in ("none", "Mask", "VarGrad"):
+        model = copy.deepcopy(trained)
+        run(model, data, split.forget, split.retain[:96], *make(f"{spec}+{addon}"),
+            Recipe(lr=0.01, epochs=2, batch_size=16), seed=0, progress=False)
+        counts[addon] = {k: v.item() for k, v in _bn_state(model).items() if "num_batches" in k}
+    assert counts["Mask"] == counts["VarGrad"] == counts["none"], counts
+    # every weight frozen: the statistics are those of the plain method at a learning rate too small
+    # to move any weight, bit for bit
+    frozen, still = copy.deepcopy(trained), copy.deepcopy(trained)
+    run(frozen, data, split.forget, split.retain[:96], *make(f"{spec}+VarGrad", quantile=1.0),
+        Recipe(lr=0.01, epochs=2, batch_size=16), seed=0, progress=False)
+    run(still, data, split.forget, split.retain[:96], *make(spec), Recipe(lr=1e-30, epochs=2, batch_size=16),
+        seed=0, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(frozen.parameters(), still.parameters()))
+    a, b = _bn_state(frozen), _bn_state(still)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_vargrad_warmup_leaves_model_state_untouched(digits, trained):
     from unlearn.addons.vargrad import VarGrad
     from unlearn.impl import _Gradients, _Stream

@@ -13,7 +13,8 @@ passes; the single extension point is the pair (method, add-on):
                 if the add-on reads separate gradients:
                     g_U, g_C = grad L_U, grad L_C   # a term the pass lacks is computed for the
                                                     #   add-on only (-CE(B_F), CE(B_R)), on a batch
-                                                    #   of the companion stream if p drew none
+                                                    #   of the companion stream if p drew none; its
+                                                    #   forward moves no batch-norm statistics
                 g_obj = grad of the pass's own terms  # d = g_U + g_C without an add-on
                 d, keep = addon.direction(g_U, g_C, g_obj)
                 step(params, d, keep)               # SGD or Adam; coordinates outside `keep` do not
@@ -350,6 +351,7 @@ class _Forward:
     autocast (its weights and running statistics are never cast)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe):
+        self.module = model  # the module itself, whose layers a context may switch
         self.model = torch.compile(model) if recipe.compile else model
         self.amp = recipe.amp
         self.device_type = next(model.parameters()).device.type
@@ -427,13 +429,15 @@ def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: i
             own = [terms[k] for k in ("unlearn", "utility") if k in terms]
             if addon.needs:
                 l_u, l_c = terms.get("unlearn"), terms.get("utility")
-                if l_u is None and "unlearn" in addon.needs:  # for the add-on only
+                # a term for the add-on only: its forward leaves the batch-norm running statistics as they
+                # are, so that the run and its plain-method pair make the same statistics updates
+                if l_u is None and "unlearn" in addon.needs:
                     f = b["forget"] if b["forget"] is not None and len(b["forget"].y) else theirs.cycled("forget", size)
-                    with fwd.autocast():
+                    with fwd.autocast(), frozen_bn_stats(fwd.module):
                         l_u = -F.cross_entropy(model(f.x), f.y)
                 if l_c is None and "utility" in addon.needs:
                     r = b["retain"] if b["retain"] is not None and len(b["retain"].y) else theirs.cycled("retain", size)
-                    with fwd.autocast():
+                    with fwd.autocast(), frozen_bn_stats(fwd.module):
                         l_c = F.cross_entropy(model(r.x), r.y)
                 g_u = grads.of(l_u, retain_graph=l_c is not None) if l_u is not None else None
                 g_c = grads.of(l_c) if l_c is not None else None
