@@ -80,7 +80,7 @@ def test_ssd_importances_are_the_mean_over_batches():
     model = lambda x: x @ w.T * torch.ones(1, 2)  # noqa: E731  (two identical logits)
     batches = [SimpleNamespace(x=torch.tensor([[1.0, 0.0]]), y=torch.tensor([0])),
                SimpleNamespace(x=torch.tensor([[0.0, 3.0], [2.0, 1.0]]), y=torch.tensor([1, 0]))]  # a mean over 2 rows
-    sets = SimpleNamespace(params=[w], batches=lambda name: iter(batches),
+    sets = SimpleNamespace(params=[w], batches=lambda name, size=None: iter(batches),
                            grad=lambda loss: torch.autograd.grad(loss, [w]))
     per_batch = []
     for b in batches:
@@ -101,8 +101,8 @@ def test_ssd_update_dampens_by_the_factors_of_forget_against_train_importances_a
     imp = {"forget": [torch.tensor([50.0, 1.0, 0.0, 40.0])], "train": [torch.tensor([1.0, 1.0, 1.0, 2.0])]}
     seen = []
 
-    def fake_importances(model, sets, name, label_free):
-        seen.append((name, label_free))
+    def fake_importances(model, sets, name, label_free, batch_size):
+        seen.append((name, label_free, batch_size))
         return imp[name]
 
     monkeypatch.setattr(ssd_module, "importances", fake_importances)
@@ -110,7 +110,7 @@ def test_ssd_update_dampens_by_the_factors_of_forget_against_train_importances_a
     # I_F > 10 I_D on coordinates 0 (factor 1/50) and 3 (2/40); the others keep theirs
     assert torch.allclose(w.detach() + delta[0], torch.tensor([2.0 / 50, -4.0, 1.0, 8.0 * 2 / 40]))
     assert figures == {"dampened_share": 0.5}
-    assert seen == [("forget", False), ("train", False)]
+    assert seen == [("forget", False, 128), ("train", False, 128)]  # unconfigured: random forgetting's 128
 
 
 # ---------------------------------------------------------------- evaluation

@@ -465,7 +465,8 @@ def test_flat_adam_step_equals_the_per_parameter_loop_bit_for_bit(masked):
 def _unlearned(trained, digits, **options):
     data, split = digits
     model = copy.deepcopy(trained)
-    run(model, data, split.forget, split.retain[:320], *make("NegGrad+VarGrad"),  # 320: bf16 is slow on CPU
+    run(model, data, split.forget, split.retain[:320], *make("NegGrad+VarGrad", forget_batch_size=64),
+        # 320: bf16 is slow on CPU
         Recipe(lr=0.02, epochs=2, batch_size=64, **options), seed=5, progress=False)
     return model
 

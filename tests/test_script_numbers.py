@@ -17,7 +17,7 @@ from dataset import forget_split, load_data
 from evaluation.accuracy import accuracies, model_outputs
 from evaluation.report import model_metrics
 from unlearn import make
-from unlearn.impl import Recipe, run
+from unlearn.impl import Recipe, recipe_for, run
 from unlearn.oneshot import apply
 
 SEED, N = 3, 40
@@ -74,8 +74,10 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
                                               "--weight_decay", "0.001", "--alpha", "0.7", "--beta", "0.8")
     data, split, original = _setting(save)
     method, addon = make("NegGrad+VarGrad", alpha=0.7, beta=0.8)
-    recipe = Recipe(lr=0.02, epochs=2, batch_size=64, momentum=0.5, weight_decay=0.001,
+    recipe = Recipe(lr=0.02, epochs=2, batch_size=64, momentum=0.5, weight_decay=0.001, augment=False,
                     **utils.SPEED_DEFAULTS["cpu"])
+    assert recipe == recipe_for(method, lr=0.02, epochs=2, batch_size=64, momentum=0.5, weight_decay=0.001,
+                                **utils.SPEED_DEFAULTS["cpu"])
     mine, _ = run(original, data, split.forget, split.retain, method, addon, recipe, seed=SEED, progress=False)
     for k, v in mine.state_dict().items():
         assert torch.equal(saved.state_dict()[k], v), k  # the same run, bit for bit
@@ -83,8 +85,9 @@ def test_a_loop_run_saves_the_library_runs_weights_and_records_their_metrics(tra
     assert record["params"] == {
         "method": "NegGrad+", "addon": "VarGrad", "unlearn_spec": "NegGrad+VarGrad", "method_kind": "loop",
         "recipe_lr": 0.02, "recipe_epochs": 2, "recipe_optimizer": "sgd", "recipe_weight_decay": 0.001,
-        "recipe_momentum": 0.5, "recipe_batch_size": 64, "bn_stats": "update",
-        "original_checkpoint": str(_original(save)), "method.alpha": 0.7,
+        "recipe_momentum": 0.5, "recipe_batch_size": 64, "recipe_decreasing_lr": [], "recipe_augment": False,
+        "bn_stats": "update", "original_checkpoint": str(_original(save)), "method.alpha": 0.7,
+        "method.forget_batch_size": 16,
         **{f"addon.{k}": getattr(addon, k) for k in ("beta", "quantile", "warmup_batches")}}
     assert addon.beta == 0.8
     # the run record: its experiment and name, the forget set's tags, one training record per epoch

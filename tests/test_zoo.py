@@ -78,7 +78,9 @@ def _unlearn(spec, model, data, split, recipe=None, **hp):
     ("BS", Recipe(lr=0.01, epochs=3, batch_size=64), {"epsilon": 0.3}),
     ("BE", Recipe(lr=0.01, epochs=20, batch_size=64), {}),
     ("FF", None, {}),
-    ("SSD", None, {"alpha": 50.0}),  # alpha 10, the CIFAR default, also dampens much of the rest on digits
+    # importances on batches of 64, their class-forgetting loaders: alpha 10 (the CIFAR default) dampens nothing
+    # on digits, 5 dampens 8-10% (FA 0, RA 98-99 on both kernel sets)
+    ("SSD", None, {"alpha": 5.0}),
 ])
 def test_class_forgetting_drives_forget_accuracy_down_and_keeps_retain_accuracy(digits, original, spec, recipe,
                                                                                 hp):

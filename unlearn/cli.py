@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import trainer
 import utils
 from dataset import forget_split, load_data
@@ -21,13 +23,15 @@ from evaluation.report import against_references, model_metrics, polarity, refer
 from models import create_model
 from tracking import FileRun, Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
-from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, Recipe, check_sets, run
+from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, check_sets, recipe_for, run
+from unlearn.methods.common import Setting
 from unlearn.oneshot import apply as apply_one_shot
 from utils import UserError
 
 # flags of the loop's recipe that a one-shot method does not read
 ONE_SHOT_UNUSED = ("unlearn_epochs", "unlearn_lr", "optimizer", "momentum", "weight_decay", "decreasing_lr",
-                   "warmup", "bn_stats")
+                   "warmup", "bn_stats", "unlearn_aug")
+AUGMENT = {"method": None, "on": True, "off": False}  # --unlearn_aug -> Recipe.augment (None: the method's)
 
 
 def build_parser(doc: str, original: str = "the original model (main_baseline.py's output",
@@ -46,20 +50,29 @@ def build_parser(doc: str, original: str = "the original model (main_baseline.py
     g.add_argument("--evaluate", default=None, metavar="CHECKPOINT",
                    help="no unlearning: score this model (the ideal one, or one made elsewhere) with the same "
                         "metrics against the original and ideal models, and log it as a run")
-    g.add_argument("--unlearn_epochs", type=int, default=None, help="unlearning epochs (default: the method's)")
+    g.add_argument("--unlearn_epochs", type=int, default=None,
+                   help="unlearning epochs (default: the method's; EU-k: the original model's --epochs)")
     g.add_argument("--unlearn_lr", type=float, default=None, help="unlearning learning rate (default: the method's)")
-    g.add_argument("--batch_size", type=int, default=256, help="batch size of forget and retain batches (256)")
+    g.add_argument("--batch_size", type=int, default=None,
+                   help="batch size of the passes that set none of their own (default: the method's; 32 for "
+                        "NegGrad+, 64 for CF-k and EU-k, else 256)")
     g.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
                    help="sgd or adam (default: the method's; adam for BadTeacher, else sgd)")
     g.add_argument("--momentum", type=float, default=None,
-                   help="SGD momentum, Adam's beta1 (default: the method's; 0 for CF-k and EU-k, else 0.9)")
+                   help="SGD momentum, Adam's beta1 (default: the method's; 0 for NegGrad+, CF-k and EU-k, "
+                        "else 0.9)")
     g.add_argument("--weight_decay", type=float, default=None,
-                   help="weight decay (default: the method's; 0 for BadTeacher, else 5e-4)")
+                   help="weight decay (default: the method's; 0 for NegGrad+, BadTeacher, CF-k and EU-k, "
+                        "else 5e-4)")
+    g.add_argument("--unlearn_aug", default="method", choices=("method", "on", "off"),
+                   help="augment the unlearning batches where the data set augments: method (default: as the "
+                        "method's source does; off for SCRUB, NegGrad+, CF-k, EU-k and BadTeacher), on, off")
     g.add_argument("--bn_stats", default="update", choices=BN_STATS,
                    help="update: train-mode forwards move batch-norm running statistics, as in the published "
                         "code (default); freeze: they never change, closing that side channel")
-    g.add_argument("--decreasing_lr", type=utils.int_list, default=[],
-                   help="unlearning epochs at which lr is multiplied by 0.1, comma-separated (default none)")
+    g.add_argument("--decreasing_lr", type=utils.int_list, default=None,
+                   help="unlearning epochs at which lr is multiplied by 0.1, comma-separated (default: the "
+                        "method's; 10,15,20 for EU-k, else none)")
     g.add_argument("--warmup", type=int, default=0, help="epochs of linear lr warm-up (default 0)")
     g.add_argument("--print_freq", type=int, default=50, help="kept for the papers' commands; unused")
     _registry_flags(parser.add_argument_group("method hyper-parameters (default: each method's own)"), METHODS, set())
@@ -205,7 +218,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
         raise UserError(f"--unlearn {args.unlearn}: retrain is exact unlearning and takes no add-on; "
                         f"use --unlearn retrain")
     if kind == "one-shot":
-        unused = [f"--{k}" for k in ONE_SHOT_UNUSED if getattr(args, k) not in (None, [], 0, "update")]
+        unused = [f"--{k}" for k in ONE_SHOT_UNUSED if getattr(args, k) not in (None, [], 0, "update", "method")]
         if unused:
             print(f"warning: {', '.join(unused)} not used by {method_name}, a one-shot method; ignored",
                   file=sys.stderr)
@@ -223,6 +236,9 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
     utils.set_seed(args.seed)
     data, split = scenario.data(args, ckpt, device)
     save_dir = utils.check_writable(args.save_dir)  # after the data: a missing data set creates no folder
+    forgotten = args.class_to_replace if split.is_class_forgetting else None
+    setting = Setting(args.dataset, forgotten, initial_model(ckpt, data.in_channels, device))
+    method.configure(setting)  # the source's per-setting defaults, before they are recorded
     try:
         check_sets(method, addon, len(split.forget), len(split.retain))
     except ValueError as e:
@@ -243,7 +259,6 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
                             f"model {ckpt['num_classes']}")
         spec = f"evaluate:{evaluated.get('kind', 'model')}"
     model = from_checkpoint(evaluated or ckpt)()
-    mcls = type(method)
     if kind == "retrain":
         try:
             trained_with = trainer.recipe_of(ckpt.get("args") or {})
@@ -254,14 +269,11 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
                                      epochs=args.unlearn_epochs or trained_with.epochs,
                                      **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
     else:
-        recipe = Recipe(lr=args.unlearn_lr or mcls.unlearn_lr, epochs=args.unlearn_epochs or mcls.unlearn_epochs,
-                        batch_size=args.batch_size,
-                        momentum=mcls.unlearn_momentum if args.momentum is None else args.momentum,
-                        weight_decay=mcls.unlearn_weight_decay if args.weight_decay is None else args.weight_decay,
-                        decreasing_lr=args.decreasing_lr, warmup=args.warmup,
-                        optimizer=args.optimizer or mcls.unlearn_optimizer, bn_stats=args.bn_stats,
-                        **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
-    forgotten = args.class_to_replace if split.is_class_forgetting else None
+        recipe = recipe_for(method, original_epochs=ckpt.get("epochs", args.epochs), lr=args.unlearn_lr,
+                            epochs=args.unlearn_epochs, batch_size=args.batch_size, momentum=args.momentum,
+                            weight_decay=args.weight_decay, decreasing_lr=args.decreasing_lr, warmup=args.warmup,
+                            optimizer=args.optimizer, bn_stats=args.bn_stats, augment=AUGMENT[args.unlearn_aug],
+                            **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
     polarities = polarity(split.is_class_forgetting)
     ideal_path, ideal_ckpt = scenario.ideal(args, split)
 
@@ -269,7 +281,8 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
                 **({} if kind == "one-shot" else
                    {"recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "recipe_optimizer": recipe.optimizer,
                     "recipe_weight_decay": recipe.weight_decay, "recipe_momentum": recipe.momentum,
-                    "recipe_batch_size": recipe.batch_size, "bn_stats": recipe.bn_stats}),
+                    "recipe_batch_size": recipe.batch_size, "recipe_decreasing_lr": recipe.decreasing_lr,
+                    "recipe_augment": recipe.augment, "bn_stats": recipe.bn_stats}),
                 "original_checkpoint": str(path),
                 **{f"method.{k}": v for k, v in dataclasses.asdict(method).items()},
                 **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
@@ -304,7 +317,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
         elif kind == "one-shot":
             rte = _one_shot(args, model, data, split, method, addon, forgotten, tracker)
         else:
-            rte = _unlearn(args, model, data, split, method, addon, recipe, tracker)
+            rte = _unlearn(args, model, data, split, method, addon, recipe, tracker, setting)
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
         svc = args.mia_svc_max
@@ -362,7 +375,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
 def _one_shot(args, model, data, split, method, addon, forgotten, tracker: Run) -> float:
     """Apply a one-shot method; returns its wall time (RTE) in seconds."""
     record = apply_one_shot(model, data, split.forget, split.retain, method, addon, seed=args.seed,
-                            batch_size=args.batch_size, forgotten_class=forgotten)
+                            batch_size=args.batch_size or type(method).unlearn_batch_size, forgotten_class=forgotten)
     print("one shot  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
     tracker.metrics({f"train/{k}": v for k, v in record.items()}, step=1)
     return record["time_s"]
@@ -381,7 +394,19 @@ def _retrain(args, ckpt, data, split, recipe, tracker: Run, device):
     return model, wall
 
 
-def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run) -> float:
+def initial_model(ckpt: dict, in_channels: int, device):
+    """A builder of the original model as its training started: main_baseline.py seeds torch with its
+    --seed right before building the model, so the same seed and architecture rebuild those weights
+    exactly (what EU-k resets its layers to). torch's global generator is left as it was."""
+    def build():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ckpt["seed"])
+            net = create_model(ckpt["arch"], ckpt["num_classes"], in_channels, ckpt.get("imagenet_arch", False))
+        return net.to(device)
+    return build if ckpt.get("seed") is not None else None
+
+
+def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run, setting: Setting) -> float:
     """Run the engine, logging each epoch; returns the unlearning wall time (RTE) in seconds."""
     spent_in_callbacks = 0.0
 
@@ -395,5 +420,6 @@ def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run) -> f
 
     t0 = time.perf_counter()
     run(model, data, split.forget, split.retain, method, addon, recipe, seed=args.seed, on_epoch_end=on_epoch_end,
+        setting=setting,
         progress=not args.quiet, desc=args.unlearn)
     return time.perf_counter() - t0 - spent_in_callbacks

@@ -36,6 +36,7 @@ Usable from a notebook:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -49,10 +50,10 @@ from tqdm import tqdm
 
 from unlearn.addons.common import Addon, Flat, Grads, flatten
 from unlearn.addons.none import NoAddon
-from unlearn.methods.common import Batch, Context, Method, Pass, Progress
+from unlearn.methods.common import Batch, Context, Method, Pass, Progress, Setting
 
 CHECK_EVERY = 20  # steps between non-finite checks (each costs one device sync)
-COMPANION_STREAM, PREPARE_STREAM = 0x5EED, 0xC0FFEE  # offsets of the other generators' seeds
+COMPANION_STREAM, PREPARE_STREAM, SUBSET_STREAM = 0x5EED, 0xC0FFEE, 0x5AB5E7  # offsets of other generators' seeds
 OPTIMIZERS = ("sgd", "adam")
 BN_STATS = ("update", "freeze")
 
@@ -70,6 +71,7 @@ class Recipe:
     warmup: int = 0  # epochs of linear warm-up from lr / steps to lr
     optimizer: str = "sgd"  # "sgd" or "adam"
     bn_stats: str = "update"  # "freeze": batch-norm running statistics never change
+    augment: bool = True  # augment the batches the loop draws (where the data set augments at all)
     amp: bool = False  # forwards in bf16 autocast (weights, gradients, optimizer state stay fp32)
     channels_last: bool = False  # channels-last layout of the model's 4-d weights during the run
     compile: bool = False  # torch.compile the model's forward for the run
@@ -79,6 +81,26 @@ class Recipe:
             raise ValueError(f"optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats {self.bn_stats!r}: choose one of {', '.join(BN_STATS)}")
+
+
+def recipe_for(method: Method, *, original_epochs: int | None = None, **given) -> Recipe:
+    """The recipe `method`'s source runs (its lr, epochs, batch size, optimizer, momentum, weight
+    decay, lr milestones, augmentation), with the Recipe fields in `given` overriding it (None means
+    the method's). `original_epochs` is the original model's training length, the default length of
+    a method that retrains for as long (EU-k)."""
+    cls = type(method)
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(given) - fields
+    if unknown:
+        raise TypeError(f"no recipe field {', '.join(sorted(unknown))}; the recipe has {', '.join(sorted(fields))}")
+    own = dict(lr=cls.unlearn_lr, epochs=cls.unlearn_epochs, batch_size=cls.unlearn_batch_size,
+               momentum=cls.unlearn_momentum, weight_decay=cls.unlearn_weight_decay, optimizer=cls.unlearn_optimizer,
+               decreasing_lr=list(cls.unlearn_decreasing_lr), augment=cls.augment)
+    if cls.epochs_of_original and given.get("epochs") is None:
+        if original_epochs is None:
+            raise ValueError(f"{cls.name} trains for the original model's training length: give its epochs")
+        own["epochs"] = original_epochs
+    return Recipe(**{**own, **{k: v for k, v in given.items() if v is not None}})
 
 
 class Diverged(RuntimeError):
@@ -198,8 +220,8 @@ class _Cycle:
 class _Stream:
     """One random stream: a generator, and cycled batches of D_F and D_R drawn from it."""
 
-    def __init__(self, data, forget: Tensor, retain: Tensor, seed: int, device: torch.device):
-        self.data, self.sets = data, {"forget": forget, "retain": retain}
+    def __init__(self, data, forget: Tensor, retain: Tensor, seed: int, device: torch.device, augment: bool = True):
+        self.data, self.sets, self.augment = data, {"forget": forget, "retain": retain}, augment
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
         self.cycles: dict[tuple[str, int], _Cycle] = {}
@@ -210,7 +232,7 @@ class _Stream:
         key = (name, size)
         if key not in self.cycles:
             self.cycles[key] = _Cycle(self.sets[name], size, self.gen)
-        return Batch(*self.data.batch(next(self.cycles[key]), train=True, generator=self.gen))
+        return Batch(*self.data.batch(next(self.cycles[key]), train=self.augment, generator=self.gen))
 
     def walk(self, p: Pass, size: int) -> list[tuple[Tensor, Tensor | None]]:
         """The batches of one pass: (indices, is-forget flags for a union pass, else None)."""
@@ -223,12 +245,12 @@ class _Stream:
 
     def draw(self, p: Pass, chunk: Tensor, flags: Tensor | None, size: int) -> dict[str, Batch | None]:
         """The forget and retain batches of one step of pass `p`."""
-        x, y = self.data.batch(chunk, train=True, generator=self.gen)
+        x, y = self.data.batch(chunk, train=self.augment, generator=self.gen)
         if flags is not None:  # a union batch, split by membership (either part may be empty)
             return {"forget": Batch(x[flags], y[flags]), "retain": Batch(x[~flags], y[~flags])}
         out: dict[str, Batch | None] = {"forget": None, "retain": None}
         for name in p.uses:
-            out[name] = Batch(x, y) if name == p.over else self.cycled(name, size)
+            out[name] = Batch(x, y) if name == p.over else self.cycled(name, p.companion_batch_size or size)
         return out
 
 
@@ -289,6 +311,17 @@ class _Gradients:
         return total
 
 
+def retain_batch_size(method: Method, recipe: Recipe) -> int:
+    """The size of the retain batches the method's first pass draws (the recipe's if none does): an
+    add-on's warm-up estimates the gradient of batches of that size."""
+    for p in method.passes(0):
+        if p.over == "retain":
+            return p.batch_size or recipe.batch_size
+        if "retain" in p.uses and p.over != "union":
+            return p.companion_batch_size or p.batch_size or recipe.batch_size
+    return recipe.batch_size
+
+
 def check_sets(method: Method, addon: Addon, n_forget: int, n_retain: int) -> None:
     """ValueError when a set that the method's passes or the add-on need is empty."""
     needed = {s for e in range(2) for p in method.passes(e) for s in (p.over, *p.uses)} - {"union"}
@@ -303,14 +336,15 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
         recipe: Recipe | None = None, *, seed: int | None = None,
         on_epoch_end: Callable[[int, dict], dict | None] | None = None,
         progress: bool = True, desc: str = "", on_state: Callable[[dict], None] | None = None,
-        resume: dict | None = None) -> tuple[nn.Module, list[dict]]:
+        resume: dict | None = None, setting: Setting | None = None) -> tuple[nn.Module, list[dict]]:
     """Run `method` with `addon` on the model (in place) and return it with a per-epoch history.
 
     `data.batch(idx, train, generator)` turns index tensors into (inputs, labels); `forget`
     and `retain` are index tensors into the training tensor. `seed` seeds the method's
     stream of batches (default: drawn from torch's global generator). `on_epoch_end(epoch,
     record)` may evaluate and return figures to add to that epoch's record; its time is
-    not counted in `record["time_s"]`. Raises Diverged on a non-finite loss.
+    not counted in `record["time_s"]`. Raises Diverged on a non-finite loss. `setting` (default:
+    the data set's name, random forgetting) is what `method.configure` reads first.
 
     Resuming (what training from scratch needs; FT with no add-on, whose loop state is the
     model, the optimizer state, the epoch and the generators): `on_state(state)` receives the
@@ -322,14 +356,19 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     if method.kind != "loop":
         raise ValueError(f"{method.name} is not a loop method ({method.kind}): "
                          f"{'use unlearn.oneshot.apply' if method.kind == 'one-shot' else 'use trainer.fit'}")
+    setting = setting or Setting(getattr(data, "name", ""))
+    method.configure(setting)
     check_sets(method, addon, len(forget), len(retain))
     if (on_state or resume) and (method.name != "FT" or addon.name != "none"):
         raise ValueError(f"only FT with no add-on (training from scratch) can be resumed, not {method.name}+"
                          f"{addon.name}")
     device = next(model.parameters()).device
     seed = int(torch.randint(2**62, ())) if seed is None else seed
-    mine = _Stream(data, forget, retain, seed, device)
-    theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
+    subset_gen = torch.Generator(device=device)
+    subset_gen.manual_seed(seed + SUBSET_STREAM)
+    forget, retain = method.subset(forget, retain, subset_gen)
+    mine = _Stream(data, forget, retain, seed, device, recipe.augment)
+    theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device, recipe.augment)
     method.adapt(model, mine.gen)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -337,7 +376,7 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
         torch.backends.cudnn.benchmark = True  # every batch but an epoch's last has the same shape
     try:
         return _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end,
-                    progress, desc, on_state, resume)
+                    progress, desc, on_state, resume, setting.forgotten_class)
     finally:
         method.restore(model)
         if recipe.channels_last:
@@ -368,17 +407,17 @@ def context(model: nn.Module, data, forget: Tensor, retain: Tensor, generator: t
 
 
 def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs, on_epoch_end, progress, desc,
-         on_state=None, resume=None):
+         on_state=None, resume=None, forgotten_class=None):
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     fwd = _Forward(model, recipe)
-    grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), recipe.batch_size,
-                       fwd.autocast)
+    grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device, recipe.augment),
+                       retain_batch_size(method, recipe), fwd.autocast)
     stepper = _Stepper(params, recipe)
     model.train()
     bn = frozen_bn_stats(model) if recipe.bn_stats == "freeze" else contextlib.nullcontext()
     with bn:
-        method.setup(context(model, data, forget, retain, mine.gen))
+        method.setup(context(model, data, forget, retain, mine.gen, forgotten_class))
         addon.prepare(grads)
         history, first = [], 0
         if resume is not None:

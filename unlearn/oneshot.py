@@ -38,7 +38,7 @@ from unlearn.impl import (
     gradients,
     sync,
 )
-from unlearn.methods.common import Batch, Method
+from unlearn.methods.common import Batch, Method, Setting
 
 
 class OneShot(Method):
@@ -54,12 +54,13 @@ class OneShot(Method):
 
 
 class Sets:
-    """Unaugmented passes over D_F ("forget"), D_R ("retain") or D = D_F + D_R ("train"), in
-    index order, and gradients with respect to the trainable parameters."""
+    """Unaugmented, unshuffled passes over D_F ("forget"), D_R ("retain") or D ("train": D_R, then
+    D_F), each set in index order, and gradients with respect to the trainable parameters."""
 
     def __init__(self, model: nn.Module, data, forget: Tensor, retain: Tensor, batch_size: int):
         self.data, self.batch_size = data, batch_size
-        self.sets = {"forget": forget, "retain": retain, "train": torch.cat([forget, retain]).sort().values}
+        # D in SSD's order: D_R, then D_F (each in index order)
+        self.sets = {"forget": forget, "retain": retain, "train": torch.cat([retain, forget])}
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def __len__(self) -> int:
@@ -84,6 +85,7 @@ def apply(model: nn.Module, data, forget: Tensor, retain: Tensor, method: OneSho
     addon = addon or NoAddon()
     if method.kind != "one-shot":
         raise ValueError(f"{method.name} is not a one-shot method; use unlearn.impl.run")
+    method.configure(Setting(getattr(data, "name", ""), forgotten_class))
     check_sets(method, addon, len(forget), len(retain))
     device = next(model.parameters()).device
     sync(device)

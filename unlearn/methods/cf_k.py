@@ -1,8 +1,8 @@
 """CF-k, catastrophic forgetting of the last k layers (Goel et al., "Towards Adversarial
 Evaluation of Machine Unlearning", 2022), as in the SCRUB repository's `cfk_unlearn`
 (`MIA_experiments.ipynb`): every layer but the last k is frozen, and the last k are
-fine-tuned on D_R, L_C = CE(retain). Their recipe: plain SGD (no momentum, no weight
-decay), lr 0.01, 10 epochs, batch size 64 (here the run's --batch_size, 256 by default).
+fine-tuned on D_R, L_C = CE(retain). Their recipe, the default here: plain SGD (no
+momentum, no weight decay), lr 0.01, 10 epochs, batch size 64, unaugmented images.
 
 A layer is a convolution or linear layer with its batch norm; k counts them from the
 output, classifier included (Goel et al.'s definition). SCRUB's notebooks train ResNet's
@@ -27,6 +27,8 @@ class CFk(Method):
     epoch_over = "retain"
     unlearn_epochs, unlearn_lr = 10, 0.01
     unlearn_momentum, unlearn_weight_decay = 0.0, 0.0
+    unlearn_batch_size = 64
+    augment = False
     frozen: Frozen | None = field(default=None, init=False, repr=False)
 
     def adapt(self, model, generator):

@@ -15,6 +15,7 @@ their published sequences of passes instead.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar, NamedTuple
@@ -33,12 +34,25 @@ class Batch(NamedTuple):
 class Pass:
     """One pass of an epoch: walk `over` once ("forget", "retain", or "union": the shuffled
     union of both, each batch split into its forget and retain part), with a cycled batch
-    of each other set in `uses`; `batch_size` None means the recipe's."""
+    of each other set in `uses`; `batch_size` None means the recipe's, `companion_batch_size`
+    (the cycled batches' size) None means the pass's own."""
 
     over: str
     uses: tuple[str, ...]
     batch_size: int | None = None
     name: str = ""
+    companion_batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a method may read of the run's setting to pick its source's defaults before anything
+    else happens (RL's passes per data set, SSD's importance batch size per forgetting mode, EU-k's
+    initial weights)."""
+
+    dataset: str = ""
+    forgotten_class: int | None = None  # the class of class forgetting, None for random forgetting
+    initial_model: Callable[[], nn.Module] | None = None  # the model as its training started (EU-k)
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,18 @@ class Method:
     unlearn_optimizer: ClassVar[str] = "sgd"
     unlearn_weight_decay: ClassVar[float] = 5e-4
     unlearn_momentum: ClassVar[float] = 0.9
+    unlearn_batch_size: ClassVar[int] = 256  # of the passes that do not set their own
+    unlearn_decreasing_lr: ClassVar[tuple[int, ...]] = ()  # epochs at which lr is multiplied by 0.1
+    epochs_of_original: ClassVar[bool] = False  # True: the default length is the original's training
+    augment: ClassVar[bool] = True  # whether the source augments the batches (where the data set does)
     kind: ClassVar[str] = "loop"  # "loop": run by impl.run; "one-shot": unlearn/oneshot.py; "retrain"
+
+    def configure(self, setting: Setting) -> None:
+        """Called first: pick the defaults the source picks per setting (data set, forgetting mode)."""
+
+    def subset(self, forget: Tensor, retain: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The forget and retain indices the run works on (BadTeacher: a share of D_R); default both whole."""
+        return forget, retain
 
     def adapt(self, model: nn.Module, generator: torch.Generator) -> None:
         """Called before anything reads the model's parameters: change which are trainable, or

@@ -1,7 +1,10 @@
 """l1-sparse unlearning (Jia et al., "Model Sparsity Can Simplify Machine Unlearning",
-NeurIPS 2023). FT_l1: CE(retain) + alpha_t * ||theta||_1; GA_l1: -CE(forget) + the same
-penalty; alpha_t = alpha * (1 - t) decays linearly to 0 over the run (t in [0, 1)).
-Defaults: alpha 5e-4; FT_l1 10 epochs, lr 0.01; GA_l1 as GA, 5 epochs, lr 1e-4."""
+NeurIPS 2023), as in Unlearn-Sparse's `unlearn/FT.py` and `GA.py`. FT_l1: CE(retain) +
+alpha_e * ||theta||_1 with alpha_e = alpha * (1 - e / E) constant within epoch e (0-based) of
+E: 1, 0.9, ..., 0.1 of alpha over 10 epochs (their `--no-l1-epochs` is 0 here). GA_l1:
+-CE(forget) + alpha * ||theta||_1 with alpha constant, as their `GA_l1`. The norm is over
+every parameter. Defaults: alpha 5e-4; FT_l1 10 epochs, lr 0.01; GA_l1 as GA, 5 epochs,
+lr 1e-4."""
 
 from dataclasses import dataclass
 
@@ -19,8 +22,8 @@ class FTL1(Method):
 
     def losses(self, model, forget, retain, progress):
         loss, acc = ce(model, retain)
-        alpha_t = self.alpha * (1 - progress.fraction)
-        return {"utility": loss + alpha_t * l1_norm(model), "retain_acc": acc}
+        alpha_e = self.alpha * (1 - progress.epoch / progress.epochs)
+        return {"utility": loss + alpha_e * l1_norm(model), "retain_acc": acc}
 
 
 @register_method("GA_l1")
@@ -33,5 +36,4 @@ class GAL1(Method):
 
     def losses(self, model, forget, retain, progress):
         loss, acc = ce(model, forget)
-        alpha_t = self.alpha * (1 - progress.fraction)
-        return {"unlearn": -loss, "utility": alpha_t * l1_norm(model), "forget_acc": acc}
+        return {"unlearn": -loss, "utility": self.alpha * l1_norm(model), "forget_acc": acc}

@@ -4,7 +4,9 @@ Each epoch: while epoch < `msteps`, a max pass over D_F (batch `forget_batch_siz
 with L_U = -KL(original || model) at temperature T; then a min pass over D_R with
 L_C = gamma * CE + alpha * KL(original || model). One optimizer step per batch.
 Their CIFAR-10 settings: T 4, gamma 0.99, alpha 0.001, msteps 2, SGD lr 5e-4,
-momentum 0.9, weight decay 5e-4, 3 epochs (their lr decay at epoch 3 never fires)."""
+momentum 0.9, weight decay 5e-4, 3 epochs (their lr decay at epoch 3 never fires), on
+unaugmented images (their loaders take `augment=False`); the retain batches are the run's
+256, as their notebook's loader gives."""
 
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ class SCRUB(Method):
     kd_T: float = 4.0  # distillation temperature
     forget_batch_size: int = 512  # batch size of the max pass
     unlearn_epochs, unlearn_lr = 3, 5e-4
+    augment = False
 
     def setup(self, ctx):
         self.teacher = ctx.original

@@ -10,8 +10,12 @@ shot, eval mode:
     where I_F,i > alpha * I_D,i:   theta_i <- theta_i * min(lambda * I_D,i / I_F,i, 1)
 
 Defaults alpha 10, lambda 1 (their ResNet-18 CIFAR setting; the paper tunes alpha in
-[0.1, 100] and lambda in [0.1, 5]). The importances depend on the batch size: theirs is
-their loaders', here the run's --batch_size."""
+[0.1, 100] and lambda in [0.1, 5]). The importances depend on the batch size (a mean of
+squared batch-mean gradients): `importance_batch_size` 0, the default, takes their loaders':
+128 in random forgetting (`forget_random_main.py`, `-b 128`) and 64 in class forgetting
+(`forget_full_class_main.py`, `-b 64`); any other value is used as given, whatever
+--batch_size says. As theirs, the passes are unshuffled and unaugmented, and the pass over D
+walks D_R, then D_F (their `ConcatDataset((retain, forget))`)."""
 
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ from unlearn import register_method
 from unlearn.oneshot import OneShot
 
 
-def importances(model, sets, name: str, label_free: bool):
+def importances(model, sets, name: str, label_free: bool, batch_size: int | None = None):
     total = [torch.zeros_like(p) for p in sets.params]
     n = 0
-    for b in sets.batches(name):
+    for b in sets.batches(name, batch_size):
         out = model(b.x)
         if label_free:
             for t, g in zip(total, sets.grad(out.pow(2).sum(1).mean())):
@@ -55,16 +59,25 @@ def dampening_factors(i_f, i_d, alpha: float, lam: float):
 class SSD(OneShot):
     alpha: float = 10.0  # selection: dampen where I_F > alpha * I_D
     dampening: float = 1.0  # lambda: the factor is min(lambda * I_D / I_F, 1)
+    importance_batch_size: int = 0  # 0: their loaders' (128 random, 64 class forgetting)
     label_free: ClassVar[bool] = False
 
     def __post_init__(self):
         if not self.alpha > 0 or not self.dampening > 0:
             raise ValueError(f"{self.name}: --alpha and --dampening must be positive, "
                              f"got {self.alpha} and {self.dampening}")
+        if self.importance_batch_size < 0:
+            raise ValueError(f"{self.name}: --importance_batch_size must be 0 (the source's) or positive, "
+                             f"got {self.importance_batch_size}")
+
+    def configure(self, setting):  # 0 becomes the size it picks, and is recorded so
+        if self.importance_batch_size == 0:
+            self.importance_batch_size = 128 if setting.forgotten_class is None else 64
 
     def update(self, model, sets):
-        i_f = importances(model, sets, "forget", self.label_free)
-        i_d = importances(model, sets, "train", self.label_free)
+        size = self.importance_batch_size or 128
+        i_f = importances(model, sets, "forget", self.label_free, size)
+        i_d = importances(model, sets, "train", self.label_free, size)
         factors = dampening_factors(i_f, i_d, self.alpha, self.dampening)
         delta = [p.detach() * (w - 1) for p, w in zip(sets.params, factors)]
         dampened = sum((w < 1).sum().item() for w in factors) / sum(w.numel() for w in factors)
