@@ -15,7 +15,6 @@ from models import create_model
 from unlearn import METHODS, make
 from unlearn.impl import Recipe, _Stream, recipe_for, run
 from unlearn.methods.common import Pass, Setting, last_linear, weight_layers
-from unlearn.methods.eu_k import EUk
 
 UNAUGMENTED = {"SCRUB", "NegGrad+", "CF-k", "EU-k", "BadTeacher"}  # their sources' loaders do not augment
 
