@@ -4,10 +4,15 @@ gradient of the forget loss| and keep, for the whole run, the coordinates whose 
 lies above the `quantile` quantile of all scores (SalUn's default: the median, so half
 the weights move).
 
-The gradient is taken at the original weights, in eval mode, on the stored (unaugmented)
-forget images, as the paper's definition reads. Deviation: the authors' `generate_mask.py`
-reads the forget set through its augmenting training data set and takes an SGD step of the
-forget loss after each batch, so its later batches are taken at moved weights."""
+The gradient is taken at the original weights, in eval mode, as the paper's definition
+reads and as the authors' `generate_mask.py` does at its current HEAD (its SGD step after
+each forget batch was removed upstream in December 2023, commit b874ee9; the threshold is
+global over all weights, as here). Deviations: theirs reads the forget set through its
+augmenting, shuffled training loader (crop and flip on CIFAR-10/100 and Tiny-ImageNet),
+here the stored images; theirs sums the gradients of per-batch *mean* losses (batches of
+256), here the sum is over samples. The two differ by a global factor (1/256, which no
+top-k selection sees) and by the weight of the last, shorter batch, which theirs counts
+as much as a full one."""
 
 from __future__ import annotations
 

@@ -1,8 +1,12 @@
 """VarGrad ("Improving Unlearning with Model Updates Probably Aligned with Gradients",
-AISec'25): keep coordinate i when the true utility gradient probably agrees in sign
-with the unlearning step. Running EMA estimates (factor beta) of the mean m_i and the
-variance v_i of the batch utility gradient give, under a Gaussian model of the noise,
-p_i = Phi(sign(g_U,i) * m_i / sqrt(v_i + eps)); coordinate i is kept when p_i > quantile.
+AISec'25): keep coordinate i when a utility gradient probably agrees in sign with the
+unlearning step. Running EMA estimates (factor beta) of the mean m_i and the variance v_i
+of one retain batch's utility gradient give, under a Gaussian model of that batch
+gradient, p_i = Phi(sign(g_U,i) * m_i / sqrt(v_i + eps)): the probability that a fresh
+batch gradient g_C,i agrees in sign with g_U,i (with v the variance of one batch
+gradient, not of the mean m, p_i is not the probability that the true, full-data
+gradient agrees; that would divide by the standard error, sqrt(v_i / n)). Coordinate i is
+kept when p_i > quantile.
 
 Warm-up: before the first step, the mean and variance are estimated exactly (sample mean
 and unbiased sample variance, Welford's algorithm) over `warmup_batches` >= 2 retain

@@ -12,9 +12,12 @@ and var built from the diagonal Fisher information F of the retain set:
     (x10, as above).
 
 Deviations, all documented: their code picks "the classifier" as any parameter whose
-first dimension equals the class count, here it is the last linear layer; they apply the
-class-forgetting rule only when the forget set is a whole CIFAR-10 (N=4500) or CIFAR-100
-(N=450) class, here to every class-forgetting run; the noise comes from the run's seeded
+first dimension equals the class count, here it is the last linear layer. Their class rule
+(`mu[class_to_replace] = 0`) fires whenever N is 4500 on CIFAR-10 or 450 on CIFAR-100,
+whatever the forgetting mode: in random forgetting with `class_to_replace = -1` (Unlearn-
+Saliency's default) it zeroes the *last* class's row, and in class forgetting of any other
+size it does not fire. Here it applies to class forgetting only, whatever N, to the class
+forgotten, and never in random forgetting; the noise comes from the run's seeded
 generator; the Fisher reads the stored retain images, where theirs reads the retain set
 through its training transform (augmented on CIFAR). `alpha` has no FF-specific default
 in their code (`--alpha` is shared, 0.2, which destroys any model); the papers tune it per
