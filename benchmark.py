@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import sweep
 import tracking
 import utils
 from sweep import Grid
-from unlearn import spec_name
+from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
 
 DIGITS_METHODS = ["GA", "GA+Mask", "GA+VarGrad", "NegGrad+", "NegGrad+VarGrad", "FT", "RL", "SalUn"]
@@ -207,8 +209,9 @@ def markdown(scen: str, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(results: pd.DataFrame, out: Path) -> list[Path]:
-    """summary.csv, the Markdown tables and the plots, all read from the aggregate frame."""
+def write_outputs(results: pd.DataFrame, out: Path, made_by: str = "") -> list[Path]:
+    """summary.csv, the Markdown tables and the plots, all read from the aggregate frame; `made_by`
+    (the command, commit and machine) heads every Markdown file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,10 +220,11 @@ def write_outputs(results: pd.DataFrame, out: Path) -> list[Path]:
     written = [out / "summary.csv", out / "tables.md"]
     results.drop(columns="kept_history").to_csv(written[0], index=False, na_rep="nan")
     scenarios = list(results.groupby("scenario", sort=False))
-    written[1].write_text("\n".join(markdown(s, t) for s, t in scenarios))
+    head = f"{made_by}\n\n" if made_by else ""
+    written[1].write_text(head + "\n".join(markdown(s, t) for s, t in scenarios))
     for scen, table in scenarios:
         slug = scen.replace(" ", "_").replace("=", "")
-        (out / f"table_{slug}.md").write_text(markdown(scen, table))
+        (out / f"table_{slug}.md").write_text(head + markdown(scen, table))
         written.append(out / f"table_{slug}.md")
         # UA versus TA: the trade-off, with the ideal model marked
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -281,6 +285,9 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=None, help="lines at a time (default: GPUs, else CPU cores)")
     p.add_argument("--report_only", action="store_true", help="only parse the store and write tables and plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar over the lines")
+    p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
+                   help="run these methods (METHOD[+ADDON] or retrain) instead of the preset's, with the preset's "
+                        "models, forget sets, seeds and lr (e.g. --preset fashionmnist-zoo --methods NegGrad+ SCRUB)")
     g = p.add_argument_group("Slurm (submit job arrays instead of running here; then rerun with --report_only)")
     g.add_argument("--slurm", action="store_true", help="write and submit one job array per params file")
     g.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
@@ -294,6 +301,13 @@ def main() -> None:
     out = a.out or Path("benchmark_results") / a.preset
     out.mkdir(parents=True, exist_ok=True)
     grid = copy.deepcopy(PRESETS[a.preset])
+    if a.methods:
+        for spec in a.methods:
+            try:
+                parse_unlearn(spec)
+            except ValueError as e:
+                raise UserError(f"--methods {spec}: {e}") from None
+        grid.unlearn = list(a.methods)
     models = out.parent / SHARES_MODELS_WITH[a.preset] if a.preset in SHARES_MODELS_WITH else out
     grid.data, grid.save_root = a.data, str(models / "checkpoints")
     uri = f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
@@ -320,10 +334,16 @@ def main() -> None:
     rows = collect_runs(uri, {line.hash for line in param_lines})
     if rows.empty:
         raise UserError(f"no finished runs of preset {a.preset} in {uri}; run without --report_only first")
-    written = write_outputs(aggregate(rows), out)
+    command = " ".join(["python benchmark.py", *sys.argv[1:]])
+    made_by = (f"Made by `{command}` at commit {utils.git_commit()} on {utils.machine()}, "
+               f"{datetime.date.today().isoformat()}.")
+    written = write_outputs(aggregate(rows), out, made_by)
     print(f"{len(rows)} runs summarised in {time.perf_counter() - t0:.0f} s:")
     for w in written:
         print(f"  {w}")
+    store = (out / "mlruns" / "mlflow.db").resolve()
+    print(f"the runs: python mlruns_parser.py --tracking_uri sqlite:///{store} --output {out / 'mlruns_parsed.csv'}")
+    print(f"          mlflow ui --backend-store-uri sqlite:///{store}")
 
 
 if __name__ == "__main__":

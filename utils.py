@@ -158,6 +158,21 @@ def provenance() -> dict[str, str]:
     return info
 
 
+def machine() -> str:
+    """One line naming the machine a result was made on: processor, threads, kernel set, GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}{gpu}, torch {torch.__version__}")
+
+
 # ----------------------------------------------------------------- checkpoints
 def original_checkpoint_path(save_dir: str | Path, seed: int, arch: str, epochs: int) -> Path:
     """The name the papers' commands pass to `--mask`."""
