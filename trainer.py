@@ -8,7 +8,6 @@ same engine loop as unlearning. The best epoch by validation accuracy is kept.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import time
@@ -18,11 +17,12 @@ import torch
 
 import utils
 from dataset import ForgetSplit, forget_split, load_data
-from evaluation.accuracy import accuracies, accuracy, logits_of, model_outputs
+from evaluation.accuracy import accuracies, accuracy, model_outputs
 from models import create_model
-from unlearn.impl import Recipe, run
+from unlearn import train as training
+from unlearn.impl import Recipe
 from unlearn.methods.common import last_linear
-from unlearn.methods.ft import FT
+from unlearn.train import selection_idx  # noqa: F401  (the scripts' name for it)
 from utils import UserError
 
 
@@ -139,14 +139,6 @@ def recipe_of(args) -> Recipe:
                   **{k: bool(a.get(k)) for k in utils.SPEED_OPTIONS})
 
 
-def selection_idx(data, forgotten: int | None):
-    """The validation samples that select the best epoch: the ideal model of class forgetting never
-    saw the class, so it is selected on the other classes."""
-    if forgotten is None:
-        return data.val_idx
-    return data.val_idx[data.y_train[data.val_idx] != forgotten]
-
-
 def resume_path(checkpoint: Path) -> Path:
     """Where a training run keeps its resumable state, beside the checkpoint it will write."""
     return checkpoint.with_name(checkpoint.name.removesuffix(".pth.tar") + ".resume.pt")
@@ -154,39 +146,18 @@ def resume_path(checkpoint: Path) -> Path:
 
 def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool, kind: str,
         state: Path | None = None, resume: bool = False):
-    """Train from the model's current weights on `train_idx` (FT through the loop) and reload the
-    epoch of best accuracy on `val_idx`; returns (history, best epoch, wall time in seconds).
-    With `state`, the loop's state and the best epoch so far are saved there after every epoch,
-    and `resume` continues from what is there."""
-    best = {"val": -1.0, "epoch": 0, "state": None}
-    saved, spent = None, 0.0
+    """unlearn.train.fit, with the loop's state saved to the file `state` after every epoch and, with
+    `resume`, continued from what is there; returns (history, best epoch, wall time in seconds)."""
+    saved = None
     if resume and state is not None and state.is_file():
         saved = _load_state(state, recipe, seed)
-        best, spent = saved["best"], saved["wall"]
         print(f"{kind} model: resuming after epoch {saved['loop']['epoch']} of {recipe.epochs} from {state}")
 
-    def on_epoch_end(epoch: int, record: dict) -> dict:
-        val = accuracy(logits_of(model, data, data.x_train[val_idx]), data.y_train[val_idx])
-        if val > best["val"]:
-            best.update(val=val, epoch=epoch + 1, state=copy.deepcopy(model.state_dict()))
-        print(f"epoch {epoch + 1}/{recipe.epochs}  loss {record['utility']:.4f}  "
-              f"train acc {record['retain_acc']:.2f}  val acc {val:.2f}  lr {record['lr']:.4g}  "
-              f"{record['time_s']:.1f}s", flush=True)
-        return {"val_acc": val}
+    def save_state(loop_state: dict) -> None:
+        utils.save_checkpoint({**loop_state, "recipe": dataclasses.asdict(recipe), "seed": seed}, state)
 
-    empty = torch.empty(0, dtype=torch.long, device=train_idx.device)
-    t0 = time.perf_counter()
-
-    def on_state(loop: dict) -> None:
-        utils.save_checkpoint({"loop": loop, "best": best, "wall": spent + time.perf_counter() - t0,
-                               "recipe": dataclasses.asdict(recipe), "seed": seed}, state)
-
-    _, history = run(model, data, empty, train_idx, FT(), recipe=recipe, seed=seed, on_epoch_end=on_epoch_end,
-                     progress=not quiet, desc=kind, on_state=on_state if state is not None else None,
-                     resume=saved["loop"] if saved else None)
-    wall = spent + time.perf_counter() - t0
-    model.load_state_dict(best["state"])
-    return history, best["epoch"], wall
+    return training.fit(model, data, train_idx, val_idx, recipe, seed, progress=not quiet, kind=kind,
+                     save_state=save_state if state is not None else None, saved=saved)
 
 
 def _load_state(path: Path, recipe: Recipe, seed: int) -> dict:

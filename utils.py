@@ -100,11 +100,7 @@ def pick_device(gpu: int | None) -> torch.device:
 # within noise; bf16 autocast ran at 0.05-0.14x (no native bf16 on the AVX2 CPU measured);
 # compile pays 5-52 s of compilation per run for at most 1.22x, a loss for runs of a few
 # short epochs. CUDA: nothing has been measured, so all are off.
-SPEED_OPTIONS = ("amp", "channels_last", "compile")
-SPEED_DEFAULTS: dict[str, dict[str, bool]] = {
-    "cpu": {"amp": False, "channels_last": True, "compile": False},
-    "cuda": {"amp": False, "channels_last": False, "compile": False},
-}
+from unlearn.impl import SPEED_DEFAULTS, SPEED_OPTIONS  # noqa: E402  (the library's; the flags resolve to them)
 
 
 def device_for(args: argparse.Namespace) -> torch.device:

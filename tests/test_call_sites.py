@@ -145,8 +145,10 @@ def test_training_keeps_the_best_validation_epoch_not_the_last(monkeypatch):
         snapshots.append(copy.deepcopy(model.state_dict()))
         return torch.zeros(len(x), 10)
 
-    monkeypatch.setattr(trainer, "logits_of", logits_of)
-    monkeypatch.setattr(trainer, "accuracy", lambda logits, y: next(scripted))
+    from unlearn import train as training
+
+    monkeypatch.setattr(training, "logits_of", logits_of)
+    monkeypatch.setattr(training, "accuracy", lambda logits, y: next(scripted))
     torch.manual_seed(0)
     model = create_model("smallcnn", 10, 1)
     history, best, _ = trainer.fit(model, data, data.train_idx[:256], data.val_idx,

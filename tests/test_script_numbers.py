@@ -12,11 +12,13 @@ import pytest
 import torch
 from conftest import load_model, run_in_process
 
+import trainer
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import accuracies, model_outputs
 from evaluation.report import model_metrics
-from unlearn import make
+from unlearn import METHODS, hyperparameters, make, unlearn
+from unlearn.api import initial_model
 from unlearn.impl import Recipe, recipe_for, run
 from unlearn.oneshot import apply
 
@@ -168,3 +170,34 @@ def test_evaluate_scores_a_given_checkpoint_without_unlearning_or_saving(trained
     want = model_metrics(model_outputs(load_model(ideal_path)[1], data, split.forget, split.retain), SEED)
     assert {k: v for k, v in record["metrics"].items() if k in want} == pytest.approx(want, abs=1e-9)
     assert record["metrics"]["RTE"] == 0.0 and record["metrics"]["UA_gap"] == pytest.approx(0.0, abs=1e-9)
+
+
+LIBRARY_SPECS = sorted(METHODS) + ["NegGrad+VarGrad"]  # every method as published, and one with an add-on
+
+
+@pytest.mark.slow  # 18 script runs and their library twins: about 70 s on 2 cores
+@pytest.mark.parametrize("spec", LIBRARY_SPECS)
+def test_the_library_call_with_no_overrides_is_the_scripts_run(trained, spec):
+    """unlearn.unlearn(model, data, split, spec, seed=...) resolves the recipe as main_forget.py does from
+    the same flags (none but the method): bit-identical weights and the recipe the script records."""
+    save, common = trained
+    record, saved, _, _ = _forget(save, common, "--unlearn", spec)
+    data, split, original = _setting(save)
+    ckpt = utils.load_checkpoint(_original(save))
+    result = unlearn(original, data, split, spec, seed=SEED, original_epochs=ckpt["epochs"],
+                     initial_model=initial_model(ckpt, data.in_channels, "cpu"),
+                     train_recipe=trainer.recipe_of(ckpt["args"]))
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(saved.state_dict()[k], v), (spec, k)
+    params = record["params"]
+    if result.recipe is None:  # one shot
+        assert params["method_kind"] == "one-shot" and "recipe_lr" not in params
+        return
+    r = result.recipe
+    assert (params["recipe_lr"], params["recipe_epochs"], params["recipe_optimizer"], params["recipe_momentum"],
+            params["recipe_weight_decay"], params["recipe_batch_size"], params["bn_stats"]) == \
+        (r.lr, r.epochs, r.optimizer, r.momentum, r.weight_decay, r.batch_size, r.bn_stats), spec
+    if params["method_kind"] == "loop":
+        assert (params["recipe_decreasing_lr"], params["recipe_augment"]) == (r.decreasing_lr, r.augment), spec
+    assert {k: v for k, v in params.items() if k.startswith("method.")} == \
+        {f"method.{k}": getattr(result.method, k) for k in hyperparameters(type(result.method))}, spec

@@ -100,3 +100,4 @@ def make(spec: str, **hparams: Any):
 
 
 from unlearn import addons, methods  # noqa: E402,F401  (registers everything)
+from unlearn.api import unlearn  # noqa: E402,F401  (the library entry point)

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import trainer
 import utils
 from dataset import forget_split, load_data
@@ -22,10 +20,10 @@ from evaluation.accuracy import model_outputs
 from evaluation.report import against_references, model_metrics, polarity, reference, summary_table
 from models import create_model
 from tracking import FileRun, Run
-from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name
-from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, check_sets, recipe_for, run
+from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name, unlearn
+from unlearn.api import initial_model
+from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, check_sets, recipe_for
 from unlearn.methods.common import Setting
-from unlearn.oneshot import apply as apply_one_shot
 from utils import UserError
 
 # flags of the loop's recipe that a one-shot method does not read
@@ -210,7 +208,8 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
     if args.unlearn_lr is not None and args.unlearn_lr <= 0:
         raise UserError(f"--unlearn_lr must be positive, got {args.unlearn_lr}")
     try:
-        method, addon = make(args.unlearn, **{k: v for k, v in given.items() if k in own})
+        hparams = {k: v for k, v in given.items() if k in own}
+        method, addon = make(args.unlearn, **hparams)
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
     kind = type(method).kind
@@ -284,7 +283,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
                     "recipe_batch_size": recipe.batch_size, "recipe_decreasing_lr": recipe.decreasing_lr,
                     "recipe_augment": recipe.augment, "bn_stats": recipe.bn_stats}),
                 "original_checkpoint": str(path),
-                **{f"method.{k}": v for k, v in dataclasses.asdict(method).items()},
+                **{f"method.{k}": getattr(method, k) for k in hyperparameters(type(method))},
                 **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
     if evaluated is not None:
         resolved = {"unlearn_spec": spec, "evaluated_checkpoint": str(Path(args.evaluate).resolve()),
@@ -315,9 +314,9 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
         elif kind == "retrain":
             model, rte = _retrain(args, ckpt, data, split, recipe, tracker, device)
         elif kind == "one-shot":
-            rte = _one_shot(args, model, data, split, method, addon, forgotten, tracker)
+            rte = _one_shot(args, model, data, split, hparams, tracker)
         else:
-            rte = _unlearn(args, model, data, split, method, addon, recipe, tracker, setting)
+            rte = _unlearn(args, model, data, split, hparams, recipe, tracker, setting)
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
         svc = args.mia_svc_max
@@ -372,41 +371,30 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
     return metrics
 
 
-def _one_shot(args, model, data, split, method, addon, forgotten, tracker: Run) -> float:
+def _one_shot(args, model, data, split, hparams: dict, tracker: Run) -> float:
     """Apply a one-shot method; returns its wall time (RTE) in seconds."""
-    record = apply_one_shot(model, data, split.forget, split.retain, method, addon, seed=args.seed,
-                            batch_size=args.batch_size or type(method).unlearn_batch_size, forgotten_class=forgotten)
+    record = unlearn(model, data, split, args.unlearn, seed=args.seed, hparams=hparams,
+                     batch_size=args.batch_size).history[0]
     print("one shot  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
     tracker.metrics({f"train/{k}": v for k, v in record.items()}, step=1)
     return record["time_s"]
 
 
 def _retrain(args, ckpt, data, split, recipe, tracker: Run, device):
-    """main_ideal.py's training, from the same initialisation; returns (model, wall time in seconds)."""
-    utils.set_seed(args.seed)  # as trainer.setup, which seeds right before load_data and create_model
-    model = create_model(args.arch, ckpt["num_classes"], data.in_channels, ckpt.get("imagenet_arch", False)).to(device)
-    forgotten = args.class_to_replace if split.is_class_forgetting else None
-    history, best_epoch, wall = trainer.fit(model, data, split.retain, trainer.selection_idx(data, forgotten), recipe,
-                                            args.seed, args.quiet, "retrain")
-    for record in history:
+    """main_ideal.py's training, from the same initialisation (its --seed: this run's); returns (model,
+    wall time in seconds)."""
+    t0 = time.perf_counter()
+    result = unlearn(None, data, split, "retrain", seed=args.seed, progress=not args.quiet,
+                     initial_model=initial_model({**ckpt, "seed": args.seed}, data.in_channels, device),
+                     train_recipe=recipe)
+    wall = time.perf_counter() - t0
+    for record in result.history:
         tracker.metrics({f"train/{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
-    tracker.params({"retrain_best_epoch": best_epoch})
-    return model, wall
+    tracker.params({"retrain_best_epoch": result.best_epoch})
+    return result.model, wall
 
 
-def initial_model(ckpt: dict, in_channels: int, device):
-    """A builder of the original model as its training started: main_baseline.py seeds torch with its
-    --seed right before building the model, so the same seed and architecture rebuild those weights
-    exactly (what EU-k resets its layers to). torch's global generator is left as it was."""
-    def build():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ckpt["seed"])
-            net = create_model(ckpt["arch"], ckpt["num_classes"], in_channels, ckpt.get("imagenet_arch", False))
-        return net.to(device)
-    return build if ckpt.get("seed") is not None else None
-
-
-def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run, setting: Setting) -> float:
+def _unlearn(args, model, data, split, hparams: dict, recipe, tracker: Run, setting: Setting) -> float:
     """Run the engine, logging each epoch; returns the unlearning wall time (RTE) in seconds."""
     spent_in_callbacks = 0.0
 
@@ -419,7 +407,6 @@ def _unlearn(args, model, data, split, method, addon, recipe, tracker: Run, sett
         spent_in_callbacks += time.perf_counter() - t
 
     t0 = time.perf_counter()
-    run(model, data, split.forget, split.retain, method, addon, recipe, seed=args.seed, on_epoch_end=on_epoch_end,
-        setting=setting,
-        progress=not args.quiet, desc=args.unlearn)
+    unlearn(model, data, split, args.unlearn, seed=args.seed, hparams=hparams, initial_model=setting.initial_model,
+            on_epoch_end=on_epoch_end, progress=not args.quiet, desc=args.unlearn, **dataclasses.asdict(recipe))
     return time.perf_counter() - t0 - spent_in_callbacks

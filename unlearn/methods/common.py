@@ -87,11 +87,18 @@ class Context:
         return _frozen(copy.deepcopy(self._model))
 
     def random_model(self) -> nn.Module:
-        """A frozen, freshly initialised network of the same architecture (an incompetent teacher)."""
+        """A frozen, freshly initialised network of the same architecture (an incompetent teacher),
+        drawn from the run's own stream (`generator`), so the same seed gives the same teacher
+        whatever torch's global generator holds."""
         net = copy.deepcopy(self._model)
-        for m in net.modules():
-            if hasattr(m, "reset_parameters") and m is not net:
-                m.reset_parameters()
+        devices = sorted({p.device.index for p in net.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):
+            if self.generator is not None:
+                g = self.generator
+                torch.manual_seed(int(torch.randint(2**62, (), generator=g, device=g.device)))
+            for m in net.modules():
+                if hasattr(m, "reset_parameters") and m is not net:
+                    m.reset_parameters()
         return _frozen(net)
 
 
