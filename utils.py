@@ -95,7 +95,7 @@ def pick_device(gpu: int | None) -> torch.device:
 
 # Speed options (--amp, --channels_last, --compile) and their default on each device type. An
 # option is on by default only where benchmarks/speed.py measured it faster AND a short run
-# kept accuracy within noise of fp32 eager (README, "Speed"). CPU: channels-last trained 1.20x
+# kept accuracy within noise of fp32 eager (docs/speed.md). CPU: channels-last trained 1.20x
 # (convnet 28x28), 1.10x (ResNet-18 32x32), 1.01x (smallcnn 8x8) with Fashion-MNIST accuracy
 # within noise; bf16 autocast ran at 0.05-0.14x (no native bf16 on the AVX2 CPU measured);
 # compile pays 5-52 s of compilation per run for at most 1.22x, a loss for runs of a few

@@ -159,7 +159,7 @@ def test_a_model_of_another_poisoned_set_is_refused(backdoored):
         backdoor.main(args)
 
 
-# lr and epochs at which each method cleanses the digits backdoor (the README's table: FT alone does not)
+# lr and epochs at which each method cleanses the digits backdoor (docs/backdoor/tables.md: FT alone does not)
 CLEANSING = [("GA", "0.002", "5"), ("GA+VarGrad", "0.002", "5"), ("FT+VarGrad", "0.1", "5")]
 
 

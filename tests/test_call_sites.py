@@ -56,7 +56,7 @@ def test_references_compare_each_split_with_the_ideal_models_same_split_in_the_p
     for wrong in (logit_fid(mine.forget, ideal.test), logit_fid(mine.test, ideal.forget),
                   logit_fid(mine.forget, mine.test)):
         assert abs(wrong - res["FID_forget"]) > 0.1 and abs(wrong - res["FID_test"]) > 0.1
-    # KL(ideal || unlearned), DESIGN.md
+    # KL(ideal || unlearned), docs/design.md, section 4
     assert res["KL_forget"] == pytest.approx(_kl(ideal.forget, mine.forget))
     assert res["KL_test"] == pytest.approx(_kl(ideal.test, mine.test))
     assert abs(_kl(mine.forget, ideal.forget) - res["KL_forget"]) > 0.1
