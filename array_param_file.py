@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import utils
 from sweep import Grid, generate
 from utils import UserError, run_main
 
@@ -81,7 +82,7 @@ def apply_overrides(grid: Grid, a: argparse.Namespace) -> Grid:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = utils.Parser(description=__doc__)
     p.add_argument("--datasets", nargs="+")
     p.add_argument("--archs", nargs="+")
     p.add_argument("--seeds", nargs="+", type=int)

@@ -13,7 +13,6 @@ the SalUn paper's Table 1) and PNG plots.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import sys
@@ -201,8 +200,9 @@ def markdown(scen: str, table: pd.DataFrame) -> str:
     lines.append("")
     bn = sorted({b for b in table["bn_stats"] if b})
     lines.append("UA, RA, TA, MIA in %: mean ± std over seeds (|gap| to the ideal model). rUA: 1 = the ideal "
-                 "model's UA. FID: to the ideal model's logits on the forget set. RTE: unlearning wall time "
-                 f"(ideal: retraining time). Batch-norm running statistics during unlearning (`--bn_stats`): "
+                 "model's UA; - where the ideal and original UA differ by less than 1 point or 5 forget samples' "
+                 "worth, too few for a ratio. FID: to the ideal model's logits on the forget set. RTE: unlearning "
+                 f"wall time (ideal: retraining time). Batch-norm running statistics during unlearning (`--bn_stats`): "
                  f"{', '.join(bn) or 'update'}."
                  + (" ASR: attack success rate, % of triggered test images of the other classes classified "
                     "as the target (Original: the backdoored model)." if "ASR" in cols else ""))
@@ -276,7 +276,7 @@ def write_outputs(results: pd.DataFrame, out: Path, made_by: str = "") -> list[P
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = utils.Parser(description=__doc__)
     p.epilog = "presets:\n" + "\n".join(f"  {name:22s} {PRESET_NOTES[name]}" for name in sorted(PRESETS))
     p.add_argument("--preset", default="digits-quick", choices=sorted(PRESETS), metavar="NAME",
                    help="what to run (default digits-quick; the list below)")

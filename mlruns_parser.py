@@ -14,12 +14,12 @@ The same table in a notebook: `mlruns_parser.frame(uri)` returns it as a DataFra
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
 import tracking
+import utils
 from utils import UserError, run_main, temporary_name
 
 FIXED = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "failure_reason"]
@@ -92,7 +92,7 @@ def write_csv(runs: pd.DataFrame, path: Path) -> Path:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = utils.Parser(description=__doc__)
     p.add_argument("--tracking_uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     p.add_argument("--experiment", default=None, help="only this experiment (default: all)")

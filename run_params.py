@@ -14,18 +14,18 @@ submits them, each file depending on the one before (afterok); --dry_run only wr
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import sweep
+import utils
 from utils import UserError, run_main
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = utils.Parser(description=__doc__)
     p.add_argument("files", nargs="+", type=Path, help="params files, run in this order")
     p.add_argument("--jobs", type=int, default=None, help="lines at a time (default: GPUs, else CPU cores)")
     p.add_argument("--log_dir", type=Path, default=Path("logs"), help="a log per line (default logs/)")

@@ -27,10 +27,20 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def quiet_mlflow() -> None:
+    """MLflow's and alembic's INFO lines (store creation, migrations) off stderr; warnings stay."""
+    import logging
+
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def client(uri: str):
     """An MlflowClient for `uri`. A sqlite store is created (tables and migrations) under a
     file lock, so that many runs starting at once on a new store do not race to build it."""
     from mlflow import MlflowClient
+
+    quiet_mlflow()
 
     db = sqlite_path(uri)
     if db is None:

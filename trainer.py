@@ -27,7 +27,7 @@ from utils import UserError
 
 
 def build_parser(doc: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = utils.Parser(description=doc)
     utils.add_common_args(parser)
     utils.add_train_args(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

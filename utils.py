@@ -80,6 +80,17 @@ def run_main(main: Callable[[], Any]) -> None:
             signal.signal(sig, handler)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: what is wrong and where the usage is, not the usage itself."""
+
+    def __init__(self, **kw):
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kw)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 # ---------------------------------------------------------------- device, seed
 def pick_device(gpu: int | None) -> torch.device:
     """CUDA card `gpu` (default 0) when CUDA is available, else the CPU."""

@@ -83,7 +83,7 @@ def against_references(out: Outputs, mine: dict, original: dict | None, ideal: d
         return res
     res["UA_gap"] = abs(mine["UA"] - ideal["UA"])
     if original is not None:
-        res["rUA"] = relative_ua(mine["UA"], original["UA"], ideal["UA"])
+        res["rUA"] = relative_ua(mine["UA"], original["UA"], ideal["UA"], len(out.y_forget))
     res["FID_forget"] = logit_fid(out.forget, ideal_out.forget)
     res["FID_test"] = logit_fid(out.test, ideal_out.test)
     res["KL_forget"] = mean_kl(ideal_out.forget, out.forget)
@@ -140,10 +140,12 @@ def summary_table(unlearned: dict, original: dict | None, ideal: dict | None, na
     def cell(d, k):
         return f"{d[k]:10.2f}" if d is not None and k in d and d[k] == d[k] else f"{'-':>10}"
 
-    lines = [f"{'metric':22s}{'original':>10}{name[:12]:>13}{'ideal':>10}   polarity"]
+    width = max(13, len(name) + 3)  # the run's whole name: "NegGrad+VarGrad" is not cut
+    lines = [f"{'metric':22s}{'original':>10}{name:>{width}}{'ideal':>10}   polarity"]
     for k in keys:
-        lines.append(f"{k:22s}{cell(original, k)}   {cell(unlearned, k)}{cell(ideal, k)}   {polarities.get(k, '')}")
+        lines.append(f"{k:22s}{cell(original, k)}{'':{width - 10}}{cell(unlearned, k)}{cell(ideal, k)}   "
+                     f"{polarities.get(k, '')}")
     for k in ("rUA", "UA_gap", "FID_forget", "FID_test", "KL_forget", "KL_test", "avg_gap", "RTE", "eval_time"):
         if k in unlearned:
-            lines.append(f"{k:22s}{'':10}   {unlearned[k]:10.4g}{'':10}   {polarities[k]}")
+            lines.append(f"{k:22s}{'':10}{'':{width - 10}}{unlearned[k]:10.4g}{'':10}   {polarities[k]}")
     return "\n".join(lines)

@@ -126,6 +126,8 @@ def _outputs(seed, n=300, k=5):
 
 def test_ideal_compared_with_itself_is_perfect():
     ideal, original = _outputs(1), _outputs(2)
+    ideal.forget = ideal.forget.clone()
+    ideal.forget[torch.arange(60), ideal.y_forget[:60]] -= 50  # never saw them: 60 of 300 wrong, UA >= 20
     original.forget = original.forget.clone()
     original.forget[torch.arange(len(original.y_forget)), original.y_forget] += 50  # memorised: FA 100
     m_i, m_o = model_metrics(ideal), model_metrics(original)
@@ -153,6 +155,14 @@ def test_closeness_edges_rua_threshold_single_and_empty_sets():
         assert math.isnan(relative_ua(5.0, 10.0, 10.0 + MIN_RUA_DENOMINATOR / 2))
     # exactly at the threshold rUA is defined
     assert relative_ua(MIN_RUA_DENOMINATOR / 2, 0.0, MIN_RUA_DENOMINATOR) == pytest.approx(0.5)
+    # on 100 forget samples the ideal model must differ from the original on 5 of them (5 points): the
+    # 2 points of digits random N=100 give no rUA, 5 do; on 5400 samples 1 point is enough
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert math.isnan(relative_ua(3.0, 1.0, 3.0, n_forget=100))
+        assert math.isnan(relative_ua(3.0, 1.0, 5.99, n_forget=100))
+    assert relative_ua(3.5, 1.0, 6.0, n_forget=100) == pytest.approx(0.5)
+    assert relative_ua(2.0, 1.0, 3.0, n_forget=5400) == pytest.approx(0.5)
     one = torch.tensor([[1.0, 2.0, 4.0]])
     mu, cov = gaussian_fit(one)  # one sample: its mean, no spread
     assert np.array_equal(mu, [1.0, 2.0, 4.0]) and np.array_equal(cov, np.zeros((3, 3)))

@@ -201,3 +201,18 @@ def test_the_library_call_with_no_overrides_is_the_scripts_run(trained, spec):
         assert (params["recipe_decreasing_lr"], params["recipe_augment"]) == (r.decreasing_lr, r.augment), spec
     assert {k: v for k, v in params.items() if k.startswith("method.")} == \
         {f"method.{k}": getattr(result.method, k) for k in hyperparameters(type(result.method))}, spec
+
+
+def test_a_run_that_wrecks_the_model_says_so_and_a_sound_one_does_not(trained):
+    save, common = trained
+    wrecked = run_in_process("main_forget.py", *common, "--unlearn", "GA", "--unlearn_lr", "0.3",
+                             "--unlearn_epochs", "3")
+    blown = run_in_process("main_forget.py", *common, "--unlearn", "GA", "--unlearn_lr", "1000", check=False)
+    sound = run_in_process("main_forget.py", *common, "--unlearn", "GA", "--unlearn_epochs", "1")
+    for f in (save / "unlearned").glob("*"):
+        f.unlink()
+    line = [ln for ln in wrecked.stderr.splitlines() if "at chance" in ln]
+    assert len(line) == 1 and "lower --unlearn_lr" in line[0], wrecked.stderr
+    # weights or statistics that blow up make a FAILED run with one line, not a traceback from the metrics
+    assert blown.returncode == 1 and "diverged" in blown.stderr and "Traceback" not in blown.stderr, blown.stderr
+    assert "at chance" not in sound.stderr

@@ -34,7 +34,7 @@ AUGMENT = {"method": None, "on": True, "off": False}  # --unlearn_aug -> Recipe.
 
 def build_parser(doc: str, original: str = "the original model (main_baseline.py's output",
                  ideal: str = "the ideal model (main_ideal.py's output") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = utils.Parser(description=doc)
     utils.add_common_args(parser)
     g = parser.add_argument_group("unlearning")
     g.add_argument("--unlearn", default="VarGrad", metavar="METHOD[+ADDON]",
@@ -142,7 +142,8 @@ def find_ideal(args: argparse.Namespace, split, path: Path, command: str) -> tup
         n = split.info["num_indexes_to_replace"]
         raise UserError(f"ideal model {path} was retrained without another forget set (C="
                         f"{theirs.get('class_to_replace')}, N={theirs.get('num_indexes_to_replace')}) than this "
-                        f"run's (C={args.class_to_replace}, N={n}): pass the ideal model of this forget set")
+                        f"run's (C={args.class_to_replace}, N={n}): pass the ideal model of this forget set, or "
+                        f"make it with: {ideal_command(args, n)}")
     return path, ckpt
 
 
@@ -319,6 +320,8 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
             rte = _unlearn(args, model, data, split, hparams, recipe, tracker, setting)
         t1 = time.perf_counter()
         out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
+        if not all(t.isfinite().all() for t in (out_u.forget, out_u.retain, out_u.test, out_u.val)):
+            raise Diverged("the model's outputs are not finite (weights or batch-norm statistics blew up)")
         svc = args.mia_svc_max
         metrics = model_metrics(out_u, args.seed, svc) | scenario.extra_metrics(model, data)
         ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed, svc)
@@ -368,6 +371,11 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
     asr = f"  ASR {ref_o['ASR']:.2f} -> {metrics['ASR']:.2f}" if "ASR" in metrics else ""
     print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
           f"VA {metrics['VA']:.2f}{asr}  RTE {metrics['RTE']:.1f}s  -> {out}")
+    chance = 100.0 / ckpt["num_classes"]
+    if evaluated is None and metrics["RA"] < 2 * chance <= ref_o["RA"]:
+        print(f"warning: retain accuracy {metrics['RA']:.1f} is at chance ({chance:.1f} for {ckpt['num_classes']} "
+              f"classes; the original's {ref_o['RA']:.1f}): {spec} wrecked the model; lower --unlearn_lr or "
+              f"--unlearn_epochs", file=sys.stderr)
     return metrics
 
 

@@ -517,6 +517,9 @@ def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: i
                 if progress:
                     bar.set_postfix({k: f"{v.item() / counts[k]:.3g}" for k, v in sums.items()}, refresh=False)
     bar.close()
+    # a last step can leave non-finite weights behind finite losses: the losses never see them
+    if not torch.stack(torch._foreach_norm(stepper.params)).isfinite().all():
+        raise Diverged(f"non-finite weights after epoch {epoch + 1}")
     record = {"epoch": epoch + 1, "lr": lr, "steps": steps}
     record.update({k: v.item() / counts[k] for k, v in sums.items()})
     if masked:  # share of coordinates the add-on let move, averaged over the epoch's steps
