@@ -108,7 +108,8 @@ def pick_device(gpu: int | None) -> torch.device:
 # option is on by default only where benchmarks/speed.py measured it faster AND a short run
 # kept accuracy within noise of fp32 eager (docs/speed.md). CPU: channels-last trained 1.20x
 # (convnet 28x28), 1.10x (ResNet-18 32x32), 1.01x (smallcnn 8x8) with Fashion-MNIST accuracy
-# within noise; bf16 autocast ran at 0.05-0.14x (no native bf16 on the AVX2 CPU measured);
+# within noise; bf16 autocast ran at 0.05-0.14x there (AVX2 only: no native bf16; a Xeon with AMX-bf16 was
+# reported 1.2-1.7x faster, but bf16 changes the numbers, so fp32 stays the default on every CPU);
 # compile pays 5-52 s of compilation per run for at most 1.22x, a loss for runs of a few
 # short epochs. CUDA: nothing has been measured, so all are off.
 from unlearn.impl import SPEED_DEFAULTS, SPEED_OPTIONS  # noqa: E402  (the library's; the flags resolve to them)

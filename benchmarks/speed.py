@@ -433,9 +433,32 @@ def main(argv: list[str] | None = None) -> dict:
         report.setdefault("section_wall_s", {})[name] = time.perf_counter() - t0
         report.setdefault("section_run_at", {})[name] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out.parent.mkdir(parents=True, exist_ok=True)
+    report["recommendation"] = recommendation(report)
     out.write_text(json.dumps(report, indent=1) + "\n")
+    print(report["recommendation"])
     print(f"figures -> {out}")
     return report
+
+
+def recommendation(report: dict) -> str:
+    """What the options section measured on this machine, as advice: each option's best speed-up over
+    fp32 eager across the models, and whether the CPU has native bf16. The defaults do not follow it
+    (utils/impl SPEED_DEFAULTS are per device type, fp32 everywhere, so that results match across
+    machines); this says what to pass here."""
+    m = report["machine"]
+    native = m.get("amx_bf16") or m.get("avx512_bf16")
+    lines = [f"on this machine ({m['cpu']}, kernels {m['cpu_capability']}, native bf16: "
+             f"{'yes' if native else 'no'}):"]
+    throughput = (report.get("options") or {}).get("throughput") or {}
+    for option in ("amp", "channels_last", "compile", "amp+channels_last"):
+        ratios = [models[option]["speedup_over_fp32_eager"] for models in throughput.values() if option in models]
+        if ratios:
+            verdict = "faster: pass --" + option.replace("+", " --") if min(ratios) > 1.05 else \
+                "slower or no gain: leave it off" if max(ratios) < 1.0 else "mixed: depends on the model"
+            lines.append(f"  {option}: {min(ratios):.2f}-{max(ratios):.2f}x over fp32 eager ({verdict})")
+    if len(lines) == 1:
+        lines.append("  run the options section to measure (--sections options)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -58,3 +58,20 @@ def test_update_replaces_only_the_sections_run(tmp_path):
 def test_an_unknown_section_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="unknown section"):
         speed.main(["--quick", "--sections", "data,bogus", "--out", str(tmp_path / "s.json")])
+
+
+def test_the_speed_script_recommends_what_it_measured_on_this_machine():
+    from benchmarks.speed import recommendation
+
+    def report(amp, cl, native):
+        return {"machine": {"cpu": "X", "cpu_capability": "AVX512", "amx_bf16": native, "avx512_bf16": False},
+                "options": {"throughput": {
+                    "a": {"amp": {"speedup_over_fp32_eager": amp[0]}, "channels_last": {"speedup_over_fp32_eager": cl}},
+                    "b": {"amp": {"speedup_over_fp32_eager": amp[1]}}}}}
+
+    fast = recommendation(report((1.19, 1.72), 1.3, True))
+    assert "native bf16: yes" in fast and "amp: 1.19-1.72x" in fast and "pass --amp" in fast
+    slow = recommendation(report((0.05, 0.14), 1.01, False))
+    assert "native bf16: no" in slow and "amp: 0.05-0.14x" in slow and "leave it off" in slow
+    assert "channels_last: 1.01-1.01x" in slow and "mixed" in slow
+    assert "--sections options" in recommendation({"machine": report((1, 1), 1, False)["machine"]})
