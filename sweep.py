@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -164,29 +165,46 @@ def _parser_of(script: str) -> argparse.ArgumentParser:
     return trainer.build_parser("")
 
 
+INTERPRETER = re.compile(r"(.*/)?python(\d+(\.\d+)?)?$")
+
+
 def read_params(path: Path) -> list[Line]:
-    """Every non-blank, non-comment line, checked with its script's own argument parser;
-    a malformed line is reported with its number."""
+    """Every non-blank, non-comment line, checked with its script's own argument parser: an
+    interpreter (python, python3, a path to one), one of SCRIPTS, and arguments that script takes.
+    Every bad line is reported, with its number, in one error."""
     if not path.is_file():
         raise UserError(f"params file {path} not found; write it with: python array_param_file.py")
-    lines = []
+    lines, bad = [], []
     for i, text in enumerate(path.read_text().splitlines(), 1):
         if not text.strip() or text.lstrip().startswith("#"):
             continue
         try:
-            argv = script_argv(shlex.split(text))
+            tokens = shlex.split(text)
+            argv = script_argv(tokens)
         except ValueError as e:
-            raise UserError(f"{path}:{i}: malformed line ({e}): {text[:120]}") from None
+            bad.append(f"{path}:{i}: malformed line ({e}): {text[:120]}")
+            continue
+        head = tokens[:next(j for j, t in enumerate(tokens) if t.endswith(".py"))]
+        if not head or not INTERPRETER.match(head[0]) or any(not t.startswith("-") for t in head[1:]):
+            bad.append(f"{path}:{i}: {' '.join(head) or '(nothing)'} is not a Python interpreter (python, python3, "
+                       f"or a path to one, with its flags) before {argv[0]}")
+            continue
         if argv[0] not in SCRIPTS:
-            raise UserError(f"{path}:{i}: {argv[0]} is not one of {', '.join(SCRIPTS)}")
+            bad.append(f"{path}:{i}: {argv[0]} is not one of {', '.join(SCRIPTS)}")
+            continue
         err = io.StringIO()
+        parser = _parser_of(argv[0])
+        parser.prog = argv[0]  # its errors name the script of the line, not run_params.py
         try:
             with contextlib.redirect_stderr(err):
-                _parser_of(argv[0]).parse_args(argv[1:])
+                parser.parse_args(argv[1:])
         except SystemExit:
             msg = err.getvalue().strip().splitlines()[-1] if err.getvalue().strip() else "bad arguments"
-            raise UserError(f"{path}:{i}: {msg}") from None
+            bad.append(f"{path}:{i}: {msg}")
+            continue
         lines.append(Line(i, text, argv))
+    if bad:
+        raise UserError(f"{len(bad)} bad line{'s' if len(bad) > 1 else ''}, nothing run:\n" + "\n".join(bad))
     return lines
 
 

@@ -75,6 +75,25 @@ def test_malformed_line_reports_its_number(tmp_path):
         read_params(f)
 
 
+def test_every_bad_line_is_reported_at_once_in_its_scripts_name(tmp_path):
+    f = tmp_path / "params.txt"
+    f.write_text("python -u mlflow_forget.py --dataset digits\n"
+                 "pyhton -u mlflow_forget.py --dataset digits\n"
+                 "python -u mlflow_forget.py --bogus 1\n"
+                 "/usr/bin/python3.11 -u main_baseline.py --epochs 2\n"
+                 "python3 main_ideal.py --epochs x\n"
+                 "bash -c mlflow_forget.py\n")
+    with pytest.raises(UserError) as e:
+        read_params(f)
+    text = str(e.value)
+    assert text.startswith("4 bad lines, nothing run")
+    assert "params.txt:2: pyhton -u is not a Python interpreter" in text
+    assert "params.txt:3: mlflow_forget.py: error: unrecognized arguments: --bogus" in text
+    assert "params.txt:5: main_ideal.py: error: argument --epochs" in text
+    assert "params.txt:6: bash -c is not a Python interpreter" in text
+    assert ":1:" not in text and ":4:" not in text and "run_params.py" not in text
+
+
 @pytest.mark.slow
 def test_runner_bad_jobs_and_missing_file(tmp_path):
     proc = run_script("run_params.py", str(tmp_path / "none.txt"), check=False)
