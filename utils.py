@@ -232,9 +232,20 @@ def exclusive(path: Path):
 
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    while True:
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:  # the file may have been removed (and made again) by the holder we waited for: lock anew
+                same = os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                continue
+            try:
+                yield
+            finally:
+                lock.unlink(missing_ok=True)  # removed while held: no zero-byte file stays behind
+            return
 
 
 # Classes a file of this toolkit may hold beyond tensors and plain types: checkpoints written before

@@ -78,3 +78,30 @@ def test_what_the_toolkit_writes_loads_weights_only_and_older_files_still_load(t
     torch.save({"state_dict": {"w": torch.ones(3)}, "provenance": {"torch": torch.__version__}}, old)
     assert type(torch.__version__) is not str
     assert utils.load_checkpoint(old)["provenance"]["torch"] == str(torch.__version__)
+
+
+def test_a_lock_serialises_its_holders_and_leaves_no_file_behind(tmp_path):
+    import threading
+    import time
+
+    target = tmp_path / "model.pth.tar"
+    events = []
+
+    def hold(name):
+        with utils.exclusive(target):
+            events.append(("in", name))
+            time.sleep(0.05)
+            events.append(("out", name))
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [e[0] for e in events] == ["in", "out"] * 4  # never two holders at once
+    assert all(events[i][1] == events[i + 1][1] for i in range(0, 8, 2))
+    assert not list(tmp_path.iterdir())  # no zero-byte .lock left
+    with pytest.raises(RuntimeError):
+        with utils.exclusive(target):
+            raise RuntimeError("a failed run")
+    assert not list(tmp_path.iterdir())
