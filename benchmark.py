@@ -209,6 +209,97 @@ def markdown(scen: str, table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _groups(table: pd.DataFrame, tol: float) -> list[tuple[float, float, list]]:
+    """Rows whose (TA, UA) means lie within `tol` points of each other, as one point each: the
+    trade-off plot labels a shared point once, with every method on it."""
+    groups: list[tuple[float, float, list]] = []
+    for row in table.itertuples():
+        if pd.isna(row.TA_mean):
+            continue
+        for ta, ua, rows in groups:
+            if abs(ta - row.TA_mean) <= tol and abs(ua - row.UA_mean) <= tol:
+                rows.append(row)
+                break
+        else:
+            groups.append((row.TA_mean, row.UA_mean, [row]))
+    return groups
+
+
+def tradeoff_plot(plt, table: pd.DataFrame, scen: str, path: Path) -> Path:
+    """UA against TA, one labelled point per place: methods that land on the same point (within 0.5
+    points) share one marker and one label, so none hides another; the ideal model is a star,
+    the original a cross; bars are std over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    special = {"Ideal (retrain)": dict(marker="*", s=260, c="gold", edgecolors="k", zorder=5),
+               "Original": dict(marker="X", s=120, c="grey", zorder=4)}
+    colours = plt.get_cmap("tab10").colors
+    for i, (ta, ua, rows) in enumerate(_groups(table, 0.5)):
+        names = [r.method for r in rows]
+        for r in rows:
+            ax.errorbar(r.TA_mean, r.UA_mean, xerr=r.TA_std, yerr=r.UA_std, fmt="none", ecolor="lightgrey", zorder=1)
+        style = next((special[n] for n in names if n in special), dict(s=60, color=colours[i % 10], zorder=3))
+        ax.scatter(ta, ua, **style)
+        ax.annotate(", ".join(names), (ta, ua), xytext=(6, 4 + 9 * (i % 3)), textcoords="offset points",
+                    fontsize=7, color="black", arrowprops=dict(arrowstyle="-", color="lightgrey", lw=0.6))
+    ax.set_xlabel("TA, test accuracy (%): higher is better")
+    ax.set_ylabel("UA, unlearning accuracy (%): closer to the ideal star")
+    ax.set_title(f"UA vs TA, {scen} (methods on one point share a label)", fontsize=9)
+    ax.margins(x=0.15, y=0.12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def avg_gap_plot(plt, table: pd.DataFrame, scen: str, path: Path) -> Path:
+    """Avg. Gap per method, with two references: 0 is the ideal model, and the dashed line is the
+    original model's gap to it (what doing nothing scores)."""
+    methods = table[~table["method"].isin(["Ideal (retrain)", "Original"])]
+    by = table.set_index("method")
+    keys = [k for k in ("UA", "RA", "TA", "MIA") if f"{k}_mean" in by]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.bar(methods["method"], methods["avg_gap_mean"], yerr=methods["avg_gap_std"], color="tab:blue", capsize=3)
+    if {"Original", "Ideal (retrain)"} <= set(by.index):
+        nothing = float(np.mean([abs(by.loc["Original", f"{k}_mean"] - by.loc["Ideal (retrain)", f"{k}_mean"])
+                                 for k in keys]))
+        ax.axhline(nothing, ls="--", color="grey", lw=1)
+        ax.set_ylim(top=1.12 * max(nothing, float(np.nanmax((methods["avg_gap_mean"] + methods["avg_gap_std"].fillna(0))
+                                                                    .to_numpy(dtype=float), initial=0.0))))
+        ax.annotate(f"original model: {nothing:.2f}", (0, nothing), xycoords=("axes fraction", "data"),
+                    xytext=(2, 3), textcoords="offset points", fontsize=7, color="grey")
+    ax.set_ylabel("Avg. Gap to ideal (points)\n0 = the ideal model; lower")
+    ax.set_title(f"Avg. Gap, {scen}")
+    ax.tick_params(axis="x", rotation=35, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def kept_share_plot(plt, results: pd.DataFrame, path: Path) -> Path | None:
+    """The add-ons' kept share per unlearning epoch, whole epochs on the x axis, the legend beside
+    the plot (not over the lines); None when no run masked."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for row in results.itertuples():
+        if row.kept_history:
+            ax.plot(range(1, len(row.kept_history) + 1), row.kept_history, marker="o",
+                    label=f"{row.method}, {row.scenario}")
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("unlearning epoch")
+    ax.set_ylabel("share of coordinates kept")
+    ax.set_title("Add-ons: kept share per epoch (mean over seeds)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def write_outputs(results: pd.DataFrame, out: Path, made_by: str = "") -> list[Path]:
     """summary.csv, the Markdown tables and the plots, all read from the aggregate frame; `made_by`
     (the command, commit and machine) heads every Markdown file."""
@@ -226,52 +317,11 @@ def write_outputs(results: pd.DataFrame, out: Path, made_by: str = "") -> list[P
         slug = scen.replace(" ", "_").replace("=", "")
         (out / f"table_{slug}.md").write_text(head + markdown(scen, table))
         written.append(out / f"table_{slug}.md")
-        # UA versus TA: the trade-off, with the ideal model marked
-        fig, ax = plt.subplots(figsize=(6, 4.5))
-        colours, markers = plt.get_cmap("tab10").colors, "os^DvP<>hp"
-        for i, row in enumerate(table.itertuples()):
-            if pd.isna(row.TA_mean):
-                continue
-            style = {"Ideal (retrain)": dict(marker="*", s=250, c="gold", edgecolors="k", zorder=5),
-                     "Original": dict(marker="X", s=120, c="grey", zorder=4)}.get(
-                row.method, dict(s=60, color=colours[i % 10], marker=markers[i % len(markers)], alpha=0.85))
-            ax.errorbar(row.TA_mean, row.UA_mean, xerr=row.TA_std, yerr=row.UA_std, fmt="none", ecolor="lightgrey",
-                        zorder=1)
-            ax.scatter(row.TA_mean, row.UA_mean, label=row.method, **style)
-        ax.set_xlabel("TA, test accuracy (%)  - higher is better")
-        ax.set_ylabel("UA, unlearning accuracy (%)  - closer to ideal")
-        ax.set_title(f"UA vs TA, {scen}")
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(out / f"tradeoff_{slug}.png", dpi=110)
-        plt.close(fig)
-        written.append(out / f"tradeoff_{slug}.png")
-        # Avg. Gap per method
-        methods = table[~table["method"].isin(["Ideal (retrain)", "Original"])]
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(methods["method"], methods["avg_gap_mean"], yerr=methods["avg_gap_std"], color="tab:blue", capsize=3)
-        ax.set_ylabel("Avg. Gap to ideal (points) - lower")
-        ax.set_title(f"Avg. Gap, {scen}")
-        ax.tick_params(axis="x", rotation=35, labelsize=8)
-        fig.tight_layout()
-        fig.savefig(out / f"avg_gap_{slug}.png", dpi=110)
-        plt.close(fig)
-        written.append(out / f"avg_gap_{slug}.png")
-    # kept share per epoch of the add-on runs
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for row in results.itertuples():
-        if row.kept_history:
-            ax.plot(range(1, len(row.kept_history) + 1), row.kept_history, marker="o",
-                    label=f"{row.method}, {row.scenario}")
-    if ax.lines:
-        ax.set_xlabel("unlearning epoch")
-        ax.set_ylabel("share of coordinates kept")
-        ax.set_title("Add-ons: kept share per epoch (mean over seeds)")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "kept_share.png", dpi=110)
-        written.append(out / "kept_share.png")
-    plt.close(fig)
+        written.append(tradeoff_plot(plt, table, scen, out / f"tradeoff_{slug}.png"))
+        written.append(avg_gap_plot(plt, table, scen, out / f"avg_gap_{slug}.png"))
+    kept = kept_share_plot(plt, results, out / "kept_share.png")
+    if kept is not None:
+        written.append(kept)
     return written
 
 
