@@ -1,5 +1,7 @@
-"""FA, RA, TA (and UA, RTE) of several --unlearn specs from one original checkpoint,
-with the same seed, lr and epochs for all, printed as a Markdown table (no MLflow).
+"""FA, RA, TA (and UA, RTE) of several --unlearn specs from one original checkpoint, with the
+same seed for all, each method run by the library's one call (`unlearn.unlearn`: its published
+recipe, overridden by --unlearn_lr, --unlearn_epochs and --batch_size when given), printed as a
+Markdown table (no MLflow).
 
     python benchmarks/compare_methods.py --mask results/digits/2smallcnn_ep30model_SA_best.pth.tar \
         --class_to_replace -1 --num_indexes_to_replace 100 --unlearn_lr 0.01 --unlearn_epochs 5 \
@@ -17,11 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+import trainer  # noqa: E402
 from dataset import forget_split, load_data  # noqa: E402
 from evaluation.accuracy import split_accuracies  # noqa: E402
 from models import create_model  # noqa: E402
-from unlearn import make  # noqa: E402
-from unlearn.impl import Diverged, Recipe, run  # noqa: E402
+from unlearn import unlearn  # noqa: E402
+from unlearn.api import initial_model  # noqa: E402
+from unlearn.impl import Diverged  # noqa: E402
 from utils import load_checkpoint, pick_device, set_seed  # noqa: E402
 
 
@@ -31,9 +35,9 @@ def main() -> None:
     p.add_argument("--data", default="./data")
     p.add_argument("--class_to_replace", type=int, default=-1)
     p.add_argument("--num_indexes_to_replace", type=int, default=100)
-    p.add_argument("--unlearn_lr", type=float, default=0.01)
-    p.add_argument("--unlearn_epochs", type=int, default=5)
-    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--unlearn_lr", type=float, default=None, help="default: each method's published lr")
+    p.add_argument("--unlearn_epochs", type=int, default=None, help="default: each method's published epochs")
+    p.add_argument("--batch_size", type=int, default=None, help="default: each method's published batch size")
     p.add_argument("--unlearn", nargs="+", default=["GA", "GA+Mask", "GA+VarGrad", "FT", "RL", "NegGrad+",
                                                     "SCRUB", "SalUn"])
     args = p.parse_args()
@@ -46,7 +50,8 @@ def main() -> None:
     original.load_state_dict(ckpt["state_dict"])
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     print(f"{ckpt['dataset']}/{ckpt['arch']} seed {seed}, forget {split.info['mode']} N={len(split.forget)}, "
-          f"lr {args.unlearn_lr}, {args.unlearn_epochs} epochs, device {device}\n")
+          f"lr {args.unlearn_lr or 'of each method'}, {args.unlearn_epochs or 'of each method'} epochs, "
+          f"device {device}\n")
     print("| run | UA | FA | RA | TA | kept share (last epoch) | RTE (s) |\n|---|---|---|---|---|---|---|")
     acc = split_accuracies(original, data, split.forget, split.retain, forgotten)
     print(f"| original | {acc['UA']:.2f} | {acc['FA']:.2f} | {acc['RA']:.2f} | {acc['TA']:.2f} | | |")
@@ -55,9 +60,12 @@ def main() -> None:
         model = copy.deepcopy(original)  # the same seed: every spec sees the same batch stream
         t0 = time.perf_counter()
         try:
-            _, hist = run(model, data, split.forget, split.retain, *make(spec),
-                          Recipe(lr=args.unlearn_lr, epochs=args.unlearn_epochs, batch_size=args.batch_size),
-                          seed=seed, progress=False)
+            # the library's one call: each method's published recipe, the flags given overriding it
+            result = unlearn(model, data, split, spec, seed=seed, original_epochs=ckpt["epochs"],
+                             initial_model=initial_model(ckpt, data.in_channels, device),
+                             train_recipe=trainer.recipe_of(ckpt["args"]), lr=args.unlearn_lr,
+                             epochs=args.unlearn_epochs, batch_size=args.batch_size)
+            model, hist = result.model, result.history  # retrain returns a new model
         except Diverged as e:
             print(f"| {spec} | diverged: {e} | | | | | |")
             continue
