@@ -159,8 +159,11 @@ def test_a_model_of_another_poisoned_set_is_refused(backdoored):
         backdoor.main(args)
 
 
-# lr and epochs at which each method cleanses the digits backdoor (docs/backdoor/tables.md: FT alone does not)
-CLEANSING = [("GA", "0.002", "5"), ("GA+VarGrad", "0.002", "5"), ("FT+VarGrad", "0.1", "5")]
+# lr and epochs at which each method cleanses the digits backdoor. FT+VarGrad at lr 0.1 and 5 epochs did
+# (ASR under 40) only while the forget forwards made for VarGrad alone moved the batch-norm statistics towards
+# the poisoned samples; without that leak it leaves ASR at 82.5 there, 47.7 at 10 epochs, and 11.6 at lr 0.3
+# and 10 epochs (FT alone: 92.6, 83.7 and 35.8).
+CLEANSING = [("GA", "0.002", "5"), ("GA+VarGrad", "0.002", "5"), ("FT+VarGrad", "0.3", "10")]
 
 
 @pytest.mark.slow
