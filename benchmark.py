@@ -384,9 +384,10 @@ def main() -> None:
     rows = collect_runs(uri, {line.hash for line in param_lines})
     if rows.empty:
         raise UserError(f"no finished runs of preset {a.preset} in {uri}; run without --report_only first")
-    command = " ".join(["python benchmark.py", *sys.argv[1:]])
+    command = " ".join(["python benchmark.py", *[x for x in sys.argv[1:] if x != "--report_only"]])
     made_by = (f"Made by `{command}` at commit {utils.git_commit()} on {utils.machine()}, "
-               f"{datetime.date.today().isoformat()}.")
+               f"{datetime.date.today().isoformat()}"
+               + (" (tables rewritten from its MLflow store by --report_only)." if a.report_only else "."))
     written = write_outputs(aggregate(rows), out, made_by)
     print(f"{len(rows)} runs summarised in {time.perf_counter() - t0:.0f} s:")
     for w in written:
