@@ -226,27 +226,33 @@ def _groups(table: pd.DataFrame, tol: float) -> list[tuple[float, float, list]]:
 
 
 def tradeoff_plot(plt, table: pd.DataFrame, scen: str, path: Path) -> Path:
-    """UA against TA, one labelled point per place: methods that land on the same point (within 0.5
-    points) share one marker and one label, so none hides another; the ideal model is a star,
-    the original a cross; bars are std over seeds."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    """UA against TA, one numbered point per place: methods that land on the same point (within 2% of
+    the plotted span) share one marker and one number, and the legend beside the plot lists each
+    number's methods, so none hides another; the ideal model is a star, the original a cross; bars
+    are std over seeds."""
+    import textwrap
+
+    fig, ax = plt.subplots(figsize=(9, 5))
     special = {"Ideal (retrain)": dict(marker="*", s=260, c="gold", edgecolors="k", zorder=5),
                "Original": dict(marker="X", s=120, c="grey", zorder=4)}
     colours = plt.get_cmap("tab10").colors
-    for i, (ta, ua, rows) in enumerate(_groups(table, 0.5)):
+    finite = table.dropna(subset=["TA_mean", "UA_mean"])
+    span = max(finite["TA_mean"].max() - finite["TA_mean"].min(), finite["UA_mean"].max() - finite["UA_mean"].min(), 1)
+    for i, (ta, ua, rows) in enumerate(_groups(table, 0.02 * span), 1):
         names = [r.method for r in rows]
         for r in rows:
             ax.errorbar(r.TA_mean, r.UA_mean, xerr=r.TA_std, yerr=r.UA_std, fmt="none", ecolor="lightgrey", zorder=1)
         style = next((special[n] for n in names if n in special), dict(s=60, color=colours[i % 10], zorder=3))
-        ax.scatter(ta, ua, **style)
-        ax.annotate(", ".join(names), (ta, ua), xytext=(6, 4 + 9 * (i % 3)), textcoords="offset points",
-                    fontsize=7, color="black", arrowprops=dict(arrowstyle="-", color="lightgrey", lw=0.6))
+        label = textwrap.fill(f"{i}: {', '.join(names)}", 38, subsequent_indent="    ")
+        ax.scatter(ta, ua, label=label, **style)
+        ax.annotate(str(i), (ta, ua), xytext=(5, 4), textcoords="offset points", fontsize=8, fontweight="bold")
     ax.set_xlabel("TA, test accuracy (%): higher is better")
     ax.set_ylabel("UA, unlearning accuracy (%): closer to the ideal star")
-    ax.set_title(f"UA vs TA, {scen} (methods on one point share a label)", fontsize=9)
-    ax.margins(x=0.15, y=0.12)
+    ax.set_title(f"UA vs TA, {scen}: methods on one point (within 2% of the span) share a number", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.margins(x=0.08, y=0.08)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
