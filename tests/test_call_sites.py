@@ -91,7 +91,8 @@ def test_class_forgetting_attack_sets_are_picked_by_their_labels(monkeypatch):
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = dict(ideal=None, dataset="digits", arch="smallcnn", seed=1, class_to_replace=-1)
+    base = dict(ideal=None, dataset="digits", arch="smallcnn", seed=1, class_to_replace=-1, data="./data", epochs=2,
+                save_dir="results")
     return argparse.Namespace(**{**base, **kw})
 
 

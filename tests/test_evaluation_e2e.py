@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from test_forget_cli import forget_cmd, only_run
 
 from dataset import forget_split, load_data
-from evaluation.closeness import MIN_RUA_DENOMINATOR
+from evaluation.closeness import rua_threshold
 from evaluation.report import against_references, reference
 from models import create_model
 from utils import load_checkpoint
@@ -63,7 +63,7 @@ def test_run_logs_closeness_to_ideal_and_reference_figures(digits_models, tmp_pa
               "eval_time"):
         assert k in m, k
     # rUA is logged exactly when the ideal and the original model differ enough to define it
-    assert ("rUA" in m) == (abs(m["ideal/UA"] - m["original/UA"]) >= MIN_RUA_DENOMINATOR)
+    assert ("rUA" in m) == (abs(m["ideal/UA"] - m["original/UA"]) >= rua_threshold(100))  # N=100 forget samples
     assert t["polarity.FID_forget"] == "lower" and t["polarity.UA"] == "closer to ideal"
     assert t["ideal_checkpoint"].endswith("_C-1_N100_ideal.pth.tar")
 
