@@ -394,7 +394,7 @@ def _retrain(args, ckpt, data, split, recipe, tracker: Run, device):
     t0 = time.perf_counter()
     result = unlearn(None, data, split, "retrain", seed=args.seed, progress=not args.quiet,
                      initial_model=initial_model({**ckpt, "seed": args.seed}, data.in_channels, device),
-                     train_recipe=recipe)
+                     train_recipe=recipe, **{k: getattr(recipe, k) for k in utils.SPEED_OPTIONS})
     wall = time.perf_counter() - t0
     for record in result.history:
         tracker.metrics({f"train/{k}": v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
