@@ -22,7 +22,7 @@ from models import create_model
 from unlearn import train as training
 from unlearn.impl import Recipe
 from unlearn.methods.common import last_linear
-from unlearn.train import selection_idx  # noqa: F401  (the scripts' name for it)
+from unlearn.train import selection_idx
 from utils import UserError
 
 

@@ -166,16 +166,21 @@ def provenance() -> dict[str, str]:
     return info
 
 
+def cpu_info() -> tuple[str, set[str]]:
+    """The processor's model name and its feature flags (from /proc/cpuinfo where there is one)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return name, flags
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), name)
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    return name, flags
+
+
 def machine() -> str:
     """One line naming the machine a result was made on: processor, threads, kernel set, GPU."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu, _ = cpu_info()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, kernels "
             f"{torch.backends.cpu.get_cpu_capability()}{gpu}, torch {torch.__version__}")

@@ -55,7 +55,7 @@ from evaluation.report import against_references, model_metrics  # noqa: E402
 from models import create_model  # noqa: E402
 from unlearn import ADDONS, METHODS, make  # noqa: E402
 from unlearn.impl import Recipe, _batches, run, sync  # noqa: E402
-from utils import SPEED_DEFAULTS, pick_device  # noqa: E402
+from utils import SPEED_DEFAULTS, cpu_info, pick_device  # noqa: E402
 
 SECTIONS = ("data", "epoch", "options", "addons", "eval")
 OPTION_SETS = {"fp32 eager": {}, "amp": {"amp": True}, "channels_last": {"channels_last": True},
@@ -346,21 +346,11 @@ def eval_section(a, device) -> dict:
 
 # ----------------------------------------------------------------------------- main
 def machine(device) -> dict:
-    flags = ""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu, flags = cpu_info()
     return {"device": str(device), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "cpu": cpu, "cpu_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "avx512_bf16": "avx512_bf16" in flags.split(), "amx_bf16": "amx_bf16" in flags.split(),
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
             "torch": torch.__version__, "python": platform.python_version()}
 
 

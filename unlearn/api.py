@@ -24,9 +24,10 @@ from torch import nn
 
 from models import create_model
 from unlearn import make
-from unlearn.impl import Recipe, recipe_for, run, speed_defaults
+from unlearn.impl import SPEED_OPTIONS, Recipe, recipe_for, run, speed_defaults
 from unlearn.methods.common import Method, Setting
 from unlearn.oneshot import apply
+from unlearn.train import fit, selection_idx
 
 
 def initial_model(ckpt: dict, in_channels: int, device):
@@ -79,30 +80,27 @@ def unlearn(model: nn.Module, data, split, spec: str, *, seed: int, hparams: dic
                        forgotten_class=forgotten)
         return Unlearned(model, [record], None, method, addon)
     if kind == "retrain":
-        return _retrain(data, split, method, addon, seed, initial_model, train_recipe, progress, overrides)
+        return _retrain(data, split, forgotten, method, addon, seed, initial_model, train_recipe, progress, overrides)
     recipe = recipe_for(method, original_epochs=original_epochs, device=next(model.parameters()).device, **overrides)
     _, history = run(model, data, split.forget, split.retain, method, addon, recipe, seed=seed,
                      on_epoch_end=on_epoch_end, progress=progress, desc=desc, setting=setting)
     return Unlearned(model, history, recipe, method, addon)
 
 
-def _retrain(data, split, method, addon, seed, initial_model, train_recipe, progress, overrides) -> Unlearned:
-    from unlearn.train import fit, selection_idx
-
+def _retrain(data, split, forgotten, method, addon, seed, initial_model, train_recipe, progress,
+             overrides) -> Unlearned:
     if addon.name != "none":
         raise ValueError(f"retrain is exact unlearning and takes no add-on, not {addon.name}")
     if initial_model is None or train_recipe is None:
         raise ValueError("retrain needs the original's initial model (initial_model) and training recipe "
                          "(train_recipe)")
-    speed = ("amp", "channels_last", "compile")
-    allowed = {"lr", "epochs", *speed}
+    allowed = {"lr", "epochs", *SPEED_OPTIONS}
     stray = sorted(k for k, v in overrides.items() if v is not None and k not in allowed)
     if stray:
         raise TypeError(f"retrain repeats the original's recipe; it takes no {', '.join(stray)}")
     model = initial_model()
     given = {**speed_defaults(next(model.parameters()).device), **overrides}
     recipe = dataclasses.replace(train_recipe, **{k: v for k, v in given.items() if v is not None})
-    forgotten = split.info["class_to_replace"] if split.is_class_forgetting else None
     history, best_epoch, _ = fit(model, data, split.retain, selection_idx(data, forgotten), recipe, seed,
                                  progress=progress, kind="retrain")
     return Unlearned(model, history, recipe, method, addon, best_epoch)

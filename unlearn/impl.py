@@ -268,11 +268,16 @@ class _Stream:
         return out
 
 
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
-def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+def frozen_bn_stats(model: nn.Module, norms: list[nn.Module] | None = None) -> Iterator[None]:
     """Train-mode forwards that leave batch-norm running statistics (and their counters)
-    untouched: normalisation still uses the batch's statistics, as in training."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    untouched: normalisation still uses the batch's statistics, as in training. `norms`: the
+    model's batch-norm layers, found once by the caller (batch_norms) where this runs every step."""
+    bns = [m for m in (batch_norms(model) if norms is None else norms) if m.track_running_stats]
     for m in bns:
         m.track_running_stats = False
     try:
@@ -404,7 +409,7 @@ class _Forward:
     autocast (its weights and running statistics are never cast)."""
 
     def __init__(self, model: nn.Module, recipe: Recipe):
-        self.module = model  # the module itself, whose layers a context may switch
+        self.norms = batch_norms(model)  # the module's own batch-norm layers, which a context may switch
         self.model = torch.compile(model) if recipe.compile else model
         self.amp = recipe.amp
         self.device_type = next(model.parameters()).device.type
@@ -486,11 +491,11 @@ def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: i
                 # are, so that the run and its plain-method pair make the same statistics updates
                 if l_u is None and "unlearn" in addon.needs:
                     f = b["forget"] if b["forget"] is not None and len(b["forget"].y) else theirs.cycled("forget", size)
-                    with fwd.autocast(), frozen_bn_stats(fwd.module):
+                    with fwd.autocast(), frozen_bn_stats(model, fwd.norms):
                         l_u = -F.cross_entropy(model(f.x), f.y)
                 if l_c is None and "utility" in addon.needs:
                     r = b["retain"] if b["retain"] is not None and len(b["retain"].y) else theirs.cycled("retain", size)
-                    with fwd.autocast(), frozen_bn_stats(fwd.module):
+                    with fwd.autocast(), frozen_bn_stats(model, fwd.norms):
                         l_c = F.cross_entropy(model(r.x), r.y)
                 g_u = grads.of(l_u, retain_graph=l_c is not None) if l_u is not None else None
                 g_c = grads.of(l_c) if l_c is not None else None

@@ -54,6 +54,10 @@ def dampening_factors(i_f, i_d, alpha: float, lam: float):
     return out
 
 
+# their loaders' batch sizes: forget_random_main.py's -b 128, forget_full_class_main.py's -b 64
+SOURCE_BATCH = {"random": 128, "class": 64}
+
+
 @register_method("SSD")
 @dataclass
 class SSD(OneShot):
@@ -72,10 +76,10 @@ class SSD(OneShot):
 
     def configure(self, setting):  # 0 becomes the size it picks, and is recorded so
         if self.importance_batch_size == 0:
-            self.importance_batch_size = 128 if setting.forgotten_class is None else 64
+            self.importance_batch_size = SOURCE_BATCH["random" if setting.forgotten_class is None else "class"]
 
     def update(self, model, sets):
-        size = self.importance_batch_size or 128
+        size = self.importance_batch_size or SOURCE_BATCH["random"]  # unconfigured: random forgetting's
         i_f = importances(model, sets, "forget", self.label_free, size)
         i_d = importances(model, sets, "train", self.label_free, size)
         factors = dampening_factors(i_f, i_d, self.alpha, self.dampening)
