@@ -91,15 +91,20 @@ class Context:
         drawn from the run's own stream (`generator`), so the same seed gives the same teacher
         whatever torch's global generator holds."""
         net = copy.deepcopy(self._model)
-        devices = sorted({p.device.index for p in net.parameters() if p.device.type == "cuda"})
-        with torch.random.fork_rng(devices=devices):
-            if self.generator is not None:
-                g = self.generator
-                torch.manual_seed(int(torch.randint(2**62, (), generator=g, device=g.device)))
-            for m in net.modules():
-                if hasattr(m, "reset_parameters") and m is not net:
-                    m.reset_parameters()
+        reinitialise([m for m in net.modules() if m is not net], self.generator)
         return _frozen(net)
+
+
+def reinitialise(modules, generator: torch.Generator | None) -> None:
+    """Each module's own `reset_parameters()`, drawing from a seed taken from `generator` (the run's
+    stream; torch's global generator is left as it was), or from the global one if None."""
+    devices = sorted({p.device.index for m in modules for p in m.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(2**62, (), generator=generator, device=generator.device)))
+        for m in modules:
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
 
 
 def _frozen(net: nn.Module) -> nn.Module:

@@ -31,18 +31,7 @@ import torch
 
 from unlearn import register_method
 from unlearn.methods.cf_k import CFk
-from unlearn.methods.common import Frozen, last_layers, last_linear
-
-
-def reinitialise(modules, generator: torch.Generator) -> None:
-    """Each module's own `reset_parameters()`, drawing from a seed taken from `generator`."""
-    seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
-    devices = sorted({p.device.index for m in modules for p in m.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for m in modules:
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+from unlearn.methods.common import Frozen, last_layers, last_linear, reinitialise
 
 
 @torch.no_grad()
@@ -74,7 +63,8 @@ class EUk(CFk):
         reset = [m for m in last if m is not classifier]
         if self.initial_model is not None:
             initial = self.initial_model()
-            reset_to(reset, [m for m in last_layers(initial, self.k, self.name) if m is not last_linear(initial)[2]])
+            its_classifier = last_linear(initial)[2]
+            reset_to(reset, [m for m in last_layers(initial, self.k, self.name) if m is not its_classifier])
         else:
             print("note: EU-k: the original model's initial weights are not known here; the last layers are "
                   "re-initialised with a fresh draw", file=sys.stderr)
