@@ -25,6 +25,7 @@ import pandas as pd
 import sweep
 import tracking
 import utils
+from evaluation.closeness import avg_gap
 from sweep import Grid
 from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
@@ -266,11 +267,11 @@ def avg_gap_plot(plt, table: pd.DataFrame, scen: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     ax.bar(methods["method"], methods["avg_gap_mean"], yerr=methods["avg_gap_std"], color="tab:blue", capsize=3)
     if {"Original", "Ideal (retrain)"} <= set(by.index):
-        nothing = float(np.mean([abs(by.loc["Original", f"{k}_mean"] - by.loc["Ideal (retrain)", f"{k}_mean"])
-                                 for k in keys]))
+        nothing = avg_gap({k: by.loc["Original", f"{k}_mean"] for k in keys},
+                          {k: by.loc["Ideal (retrain)", f"{k}_mean"] for k in keys}, keys)
         ax.axhline(nothing, ls="--", color="grey", lw=1)
-        ax.set_ylim(top=1.12 * max(nothing, float(np.nanmax((methods["avg_gap_mean"] + methods["avg_gap_std"].fillna(0))
-                                                                    .to_numpy(dtype=float), initial=0.0))))
+        tallest = (methods["avg_gap_mean"] + methods["avg_gap_std"].fillna(0)).max()
+        ax.set_ylim(top=1.12 * max(nothing, 0.0 if pd.isna(tallest) else float(tallest)))
         ax.annotate(f"original model: {nothing:.2f}", (0, nothing), xycoords=("axes fraction", "data"),
                     xytext=(2, 3), textcoords="offset points", fontsize=7, color="grey")
     ax.set_ylabel("Avg. Gap to ideal (points)\n0 = the ideal model; lower")
