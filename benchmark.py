@@ -32,9 +32,12 @@ from utils import UserError, run_main
 
 DIGITS_METHODS = ["GA", "GA+Mask", "GA+VarGrad", "NegGrad+", "NegGrad+VarGrad", "FT", "RL", "SalUn"]
 PRESETS: dict[str, Grid] = {
-    # same lr and epochs for every method: a quick, fair look at what the add-ons change
+    # same lr and epochs for every method: a quick, fair look at what the add-ons change. lr 0.005, not
+    # 0.01: at 0.01 GA costs class 3 about 12 points of RA, and the SVC attack's call on the forget set
+    # (confidence near 0, where retain and test errors then mix) flips between 0 and 100 from one original
+    # model to the next (2 of 12 originals, from either CPU kernel set); at 0.005 none of 12 flips
     "digits-quick": Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1, 2, 3], epochs={"digits": 30},
-                         forget=[(-1, 100), (3, None)], unlearn=DIGITS_METHODS, unlearn_lr=[0.01],
+                         forget=[(-1, 100), (3, None)], unlearn=DIGITS_METHODS, unlearn_lr=[0.005],
                          unlearn_epochs=[5]),
     # real data on a CPU: Fashion-MNIST (Debian's dataset-fashion-mnist, or the idx files under --data),
     # convnet, 8 training epochs; 10% random forgetting and the whole class 0; one lr (1e-3: GA alone then
@@ -80,7 +83,7 @@ PRESETS["fashionmnist-backdoor"] = Grid(
     unlearn=BACKDOOR_METHODS, unlearn_lr=[0.001], unlearn_epochs=[3], extra_base=["--train_decreasing_lr", "4,6"],
     extra=["--mia_svc_max", "2000"], backdoor=["--trigger_size", "4", "--trigger_pattern", "white"])
 PRESET_NOTES = {
-    "digits-quick": "8 methods and add-ons at one lr 0.01, 5 epochs; random N=100 and class 3; digits, 3 seeds "
+    "digits-quick": "8 methods and add-ons at one lr 0.005, 5 epochs; random N=100 and class 3; digits, 3 seeds "
                     "(minutes on a CPU; the default)",
     "fashionmnist": "digits-quick's methods plus SCRUB at lr 1e-3, 3 epochs; random N=5,400 and class 0; "
                     "Fashion-MNIST, convnet, 3 seeds (about an hour on 2 CPU cores)",
