@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import sys
 import time
 from pathlib import Path
@@ -83,6 +84,20 @@ PRESETS["fashionmnist-backdoor"] = Grid(
     datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3], epochs={"fashionmnist": 8}, forget=[(0, 5400)],
     unlearn=BACKDOOR_METHODS, unlearn_lr=[0.001], unlearn_epochs=[3], extra_base=["--train_decreasing_lr", "4,6"],
     extra=["--mia_svc_max", "2000"], backdoor=["--trigger_size", "4", "--trigger_pattern", "white"])
+# the reporting grids of tune.py's presets: every method at its published recipe (and, with --tuned,
+# at the values tune.py chose); random 10% and a whole class, 3 reporting seeds
+TUNED_METHODS = ["GA", "GA+Mask", "GA+VarGrad", "NegGrad+", "NegGrad+VarGrad", "RL", "RL+VarGrad", "SalUn",
+                 "SCRUB", "FT"]
+PRESETS["digits-tuned"] = Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1, 2, 3], epochs={"digits": 30},
+                               forget=[(-1, 122), (3, None)], unlearn=TUNED_METHODS)
+PRESETS["fashionmnist-tuned"] = Grid(
+    datasets=["fashionmnist"], archs=["convnet"], seeds=[1, 2, 3], epochs={"fashionmnist": 3},
+    forget=[(-1, 270), (0, None)], unlearn=TUNED_METHODS, extra_base=["--subsample", "0.05"],
+    extra=["--subsample", "0.05", "--mia_svc_max", "2000"])
+PRESETS["cifar10-tuned"] = Grid(datasets=["cifar10"], archs=["resnet18"], seeds=[1, 2, 3], epochs={"cifar10": 182},
+                                forget=[(-1, 4500), (0, None)], unlearn=TUNED_METHODS)
+PRESETS["digits-tune-test"] = Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1], epochs={"digits": 5},
+                                   forget=[(3, None)], unlearn=["GA", "GA+VarGrad"])
 PRESET_NOTES = {
     "digits-quick": "8 methods and add-ons at one lr 0.005, 5 epochs; random N=100 and class 3; digits, 3 seeds "
                     "(minutes on a CPU; the default)",
@@ -94,6 +109,11 @@ PRESET_NOTES = {
     "zoo": "every method with its published recipe, digits, 3 seeds (shares digits-quick's models)",
     "fashionmnist-zoo": "the zoo's methods that fashionmnist lacks (BadTeacher, BS, ..., retrain), 3 seeds "
                         "(shares fashionmnist's models)",
+    "digits-tuned": "tune.py's digits grid: 10 methods at their published recipes, random 10% and class 3 "
+                    "(--tuned FILE adds the tuned rows)",
+    "fashionmnist-tuned": "tune.py's Fashion-MNIST grid, a 5% subsample (--tuned FILE adds the tuned rows)",
+    "cifar10-tuned": "tune.py's CIFAR-10 grid, ResNet-18 (--tuned FILE adds the tuned rows; a GPU or --slurm)",
+    "digits-tune-test": "tune.py's test grid: GA and GA+VarGrad, class 3, 1 seed, 5 training epochs",
     "backdoor": "backdoor cleansing (main_backdoor.py) on digits: FT, GA, RL, SalUn and +VarGrad, 3 seeds",
     "fashionmnist-backdoor": "backdoor cleansing on Fashion-MNIST, the same methods, 3 seeds",
 }
@@ -112,10 +132,10 @@ def scenario_of(params) -> str:
     return f"random N={n}" if c == "-1" else (f"class {c}" if n in ("None", "") else f"class {c} N={n}")
 
 
-def collect_runs(uri: str, hashes: set[str]) -> pd.DataFrame:
+def collect_runs(uri: str, hashes: set[str], tuned: set[str] = frozenset()) -> pd.DataFrame:
     """The finished runs of this benchmark's params lines (by command hash): mlruns_parser's frame,
     with the columns the tables group by (scenario, method, seed, bn_stats) and each run's
-    kept-share history."""
+    kept-share history. Runs of the `tuned` hashes are named `METHOD (tuned)`."""
     import mlruns_parser
 
     runs = mlruns_parser.frame(uri, None, sweep.FINISHED)
@@ -125,7 +145,8 @@ def collect_runs(uri: str, hashes: set[str]) -> pd.DataFrame:
     c = tracking.client(uri)
     return runs.assign(
         seed=runs["param.seed"],
-        method=[spec_name(m, a) for m, a in zip(runs["param.method"], runs["param.addon"])],
+        method=[spec_name(m, a) + (" (tuned)" if h in tuned else "")
+                for m, a, h in zip(runs["param.method"], runs["param.addon"], runs["command_hash"])],
         scenario=runs.apply(scenario_of, axis=1),
         # runs made before --bn_stats existed updated the statistics
         bn_stats=runs.get("param.bn_stats", pd.Series("update", index=runs.index)).fillna("update"),
@@ -350,6 +371,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
                    help="run these methods (METHOD[+ADDON] or retrain) instead of the preset's, with the preset's "
                         "models, forget sets, seeds and lr (e.g. --preset fashionmnist-zoo --methods NegGrad+ SCRUB)")
+    p.add_argument("--tuned", type=Path, default=None, metavar="FILE",
+                   help="also run the tuned values of tune.py's tuned.json (rows `METHOD (tuned)`); the file must "
+                        "come from this preset's setting")
     g = p.add_argument_group("Slurm (submit job arrays instead of running here; then rerun with --report_only)")
     g.add_argument("--slurm", action="store_true", help="write and submit one job array per params file")
     g.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
@@ -372,34 +396,86 @@ def main() -> None:
         grid.unlearn = list(a.methods)
     models = out.parent / SHARES_MODELS_WITH[a.preset] if a.preset in SHARES_MODELS_WITH else out
     grid.data, grid.save_root = a.data, str(models / "checkpoints")
+    tuned = read_tuned(a.tuned, grid) if a.tuned else None
+    command = " ".join(["python benchmark.py", *[x for x in sys.argv[1:] if x != "--report_only"]])
+    slurm = (sweep.SlurmOptions(partition=a.partition, gpus=a.gpus, time=a.time, max_parallel=a.max_parallel)
+             if a.slurm else None)
+    run_grid(grid, out, jobs=a.jobs or sweep.default_jobs(), quiet=a.quiet, tuned=tuned, made_by_command=command,
+             report_only=a.report_only, slurm=slurm, name=a.preset)
+
+
+def tuned_lines(grid: Grid, tuned: dict) -> list[str]:
+    """The params lines of the tuned values in `tuned` (tune.py's tuned.json), for the grid's seeds."""
+    from unlearn import ADDONS, METHODS, hyperparameters
+
+    lines = []
+    for scen in tuned["scenarios"].values():
+        c, n = scen["class_to_replace"], scen["num_indexes_to_replace"]
+        for spec, entry in scen["methods"].items():
+            m, addon = parse_unlearn(spec)
+            best = dict(entry["best"])
+            one = copy.deepcopy(grid)
+            one.forget, one.unlearn = [(c, n)], [spec]
+            one.unlearn_lr, one.unlearn_epochs = [best.pop("lr", None)], [best.pop("epochs", None)]
+            one.method_params = {k: [v] for k, v in best.items() if k in hyperparameters(METHODS[m])}
+            one.addon_params = {k: [v] for k, v in best.items() if k in hyperparameters(ADDONS[addon])}
+            lines += sweep.generate(one)[1]
+    return lines
+
+
+def read_tuned(path: Path, grid: Grid) -> dict:
+    """tune.py's tuned.json, checked against the grid it is to be reported with."""
+    if not path.is_file():
+        raise UserError(f"--tuned {path} not found; make it with: python tune.py --preset NAME --search_only")
+    try:
+        doc = json.loads(path.read_text())
+        mine = {"dataset": grid.datasets[0], "arch": grid.archs[0], "epochs": grid.epochs[grid.datasets[0]],
+                "extra_base": grid.extra_base, "extra": grid.extra}
+        theirs = {k: doc[k] for k in mine}
+        scenarios = {(s["class_to_replace"], s["num_indexes_to_replace"]) for s in doc["scenarios"].values()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--tuned {path} is not a tuned.json of tune.py ({e}); make it again with tune.py") from None
+    diff = [f"{k} {theirs[k]!r} (here {mine[k]!r})" for k in mine if theirs[k] != mine[k]]
+    stray = sorted(scenarios - {tuple(f) for f in grid.forget}, key=str)
+    if diff or stray:
+        raise UserError(f"--tuned {path} was made for another setting: "
+                        f"{'; '.join(diff + [f'forget scenario {s} not in this preset' for s in stray])}")
+    return doc
+
+
+def run_grid(grid: Grid, out: Path, *, jobs: int, quiet: bool, tuned: dict | None, made_by_command: str,
+             report_only: bool, slurm: sweep.SlurmOptions | None = None, name: str = "") -> None:
+    """Write the params files of `grid` (and of `tuned` values), run them here or submit them to Slurm,
+    then write the tables and plots from the MLflow store in `out`."""
+    name = name or out.name
     uri = f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
     base, params = sweep.generate(grid)
+    extra = [line for line in tuned_lines(grid, tuned) if line not in params] if tuned else []
     (out / "base_params.txt").write_text("\n".join(base) + "\n")
-    (out / "params.txt").write_text("\n".join(params) + "\n")
-    print(f"{a.preset}: {len(base)} base lines, {len(params)} unlearning runs -> {out}")
+    (out / "params.txt").write_text("\n".join(params + extra) + "\n")
+    print(f"{name}: {len(base)} base lines, {len(params) + len(extra)} unlearning runs"
+          + (f" ({len(extra)} tuned)" if tuned else "") + f" -> {out}")
     t0 = time.perf_counter()
     base_lines, param_lines = sweep.read_params(out / "base_params.txt"), sweep.read_params(out / "params.txt")
-    if a.slurm:
-        opts = sweep.SlurmOptions(partition=a.partition, gpus=a.gpus, time=a.time, max_parallel=a.max_parallel)
-        sweep.submit_files([(out / "base_params.txt", base_lines), (out / "params.txt", param_lines)], opts,
+    tuned_hashes = {line.hash for line in param_lines[len(params):]}
+    if slurm is not None:
+        sweep.submit_files([(out / "base_params.txt", base_lines), (out / "params.txt", param_lines)], slurm,
                            out / "logs", uri)
-        print(f"when the jobs are done: python benchmark.py --preset {a.preset} --out {out} --report_only")
+        print(f"when the jobs are done: {made_by_command} --report_only")
         return
-    if not a.report_only:
-        jobs = a.jobs or sweep.default_jobs()
+    if not report_only:
         failed = 0
-        for name, lines in (("base", base_lines), ("sweep", param_lines)):
-            res = sweep.run_local(lines, jobs, out / "logs" / name, uri, progress=not a.quiet)
-            failed += sweep.report(res, name)
+        for part, lines in (("base", base_lines), ("sweep", param_lines)):
+            res = sweep.run_local(lines, jobs, out / "logs" / part, uri, progress=not quiet)
+            failed += sweep.report(res, part)
         if failed:
             print(f"warning: {failed} lines failed; the tables use the runs that finished")
-    rows = collect_runs(uri, {line.hash for line in param_lines})
+    rows = collect_runs(uri, {line.hash for line in param_lines}, tuned_hashes)
     if rows.empty:
-        raise UserError(f"no finished runs of preset {a.preset} in {uri}; run without --report_only first")
-    command = " ".join(["python benchmark.py", *[x for x in sys.argv[1:] if x != "--report_only"]])
-    made_by = (f"Made by `{command}` at commit {utils.git_commit()} on {utils.machine()}, "
+        raise UserError(f"no finished runs of {name} in {uri}; run without --report_only first")
+    made_by = (f"Made by `{made_by_command}` at commit {utils.git_commit()} on {utils.machine()}, "
                f"{datetime.date.today().isoformat()}"
-               + (" (tables rewritten from its MLflow store by --report_only)." if a.report_only else "."))
+               + (" (tables rewritten from its MLflow store by --report_only)." if report_only else "."))
     written = write_outputs(aggregate(rows), out, made_by)
     print(f"{len(rows)} runs summarised in {time.perf_counter() - t0:.0f} s:")
     for w in written:
@@ -407,7 +483,6 @@ def main() -> None:
     store = (out / "mlruns" / "mlflow.db").resolve()
     print(f"the runs: python mlruns_parser.py --tracking_uri sqlite:///{store} --output {out / 'mlruns_parsed.csv'}")
     print(f"          mlflow ui --backend-store-uri sqlite:///{store}")
-
 
 if __name__ == "__main__":
     run_main(main)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from unlearn import register_addon
 from unlearn.addons.common import Addon, apply_mask
+from unlearn.search import Range
 
 
 def saliency_mask(scores: list[Tensor], quantile: float) -> list[Tensor]:
@@ -40,6 +41,7 @@ def saliency_mask(scores: list[Tensor], quantile: float) -> list[Tensor]:
 @dataclass
 class SalUn(Addon):
     quantile: float = 0.5  # share of weights frozen (the lowest saliency)
+    search = {"quantile": Range(0.1, 0.9)}  # tuned (tune.py)
     needs = ()
     keep: list[Tensor] | None = field(default=None, init=False, repr=False)
 

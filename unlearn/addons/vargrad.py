@@ -25,6 +25,7 @@ from torch import Tensor
 
 from unlearn import register_addon
 from unlearn.addons.common import Addon, apply_mask, flatten, split_like
+from unlearn.search import Range
 
 EPS = 1e-16  # added to the variance; far below squared float32 gradients of any size that matters
 
@@ -67,6 +68,7 @@ class VarGrad(Addon):
     beta: float = 0.9  # EMA factor of the running mean and variance
     quantile: float = 0.55  # keep when the probability of alignment exceeds it
     warmup_batches: int = 4  # retain batches that estimate the statistics before the first step (>= 2)
+    search = {"beta": Range(0.5, 0.99), "quantile": Range(0.3, 0.9)}  # tuned (tune.py)
     needs = ("unlearn", "utility")
     # the running estimates over all weights, as one flat tensor each (logical order of the parameters)
     mean: Tensor | None = field(default=None, init=False, repr=False)

@@ -17,6 +17,7 @@ import torch
 
 from unlearn import register_method
 from unlearn.methods.common import Method, Pass, kl_to_teacher, teacher_logits, union_logits
+from unlearn.search import Range
 
 
 @register_method("BadTeacher")
@@ -24,6 +25,7 @@ from unlearn.methods.common import Method, Pass, kl_to_teacher, teacher_logits, 
 class BadTeacher(Method):
     kd_T: float = 1.0
     retain_share: float = 0.3  # share of D_R distilled, a seeded subsample drawn once
+    search = {"kd_T": Range(0.5, 8.0, log=True), "retain_share": Range(0.1, 1.0)}  # tuned (tune.py)
     unlearn_epochs, unlearn_lr = 1, 1e-4
     unlearn_optimizer, unlearn_weight_decay = "adam", 0.0
     augment = False

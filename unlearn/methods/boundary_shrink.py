@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from unlearn import register_method
 from unlearn.methods.common import Method, accuracy
+from unlearn.search import Range
 
 
 def fgsm_neighbour_labels(teacher, x, y, epsilon: float, pixels=None):
@@ -41,6 +42,7 @@ def fgsm_neighbour_labels(teacher, x, y, epsilon: float, pixels=None):
 @dataclass
 class BS(Method):
     epsilon: float = 0.1  # FGSM step in pixel units ([0, 1] images), Unlearn-Saliency's hard-coded bound
+    search = {"epsilon": Range(0.01, 0.5, log=True)}  # tuned (tune.py)
     uses = ("forget",)
     epoch_over = "forget"
     unlearn_epochs, unlearn_lr = 10, 0.01

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 
 from unlearn import register_method
 from unlearn.methods.common import Frozen, Method, ce, last_layers
+from unlearn.search import Range
 
 
 @register_method("CF-k")
 @dataclass
 class CFk(Method):
     k: int = 3  # layers (convolution or linear, from the output) that train
+    search = {"k": Range(1, 3, integer=True)}  # tuned (tune.py); smallcnn and convnet have 4 or more layers
     uses = ("retain",)
     epoch_over = "retain"
     unlearn_epochs, unlearn_lr = 10, 0.01

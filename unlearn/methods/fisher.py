@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from unlearn import register_method
 from unlearn.methods.common import last_linear
 from unlearn.oneshot import OneShot
+from unlearn.search import Range
 
 FISHER_BATCH = 32  # fixed in their `hessian()`; the estimate depends on it
 
@@ -59,6 +60,7 @@ def diagonal_fisher(model, sets, num_classes: int):
 @dataclass
 class FF(OneShot):
     alpha: float = 1e-6  # noise scale: var = alpha / Fisher (clamped)
+    search = {"alpha": Range(1e-9, 1e-4, log=True)}  # tuned (tune.py)
     uses = ("retain",)
     epoch_over = "retain"
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from unlearn import register_method
 from unlearn.oneshot import OneShot
+from unlearn.search import Range
 
 
 def summed_gradient(model, sets, name: str) -> torch.Tensor:
@@ -62,6 +63,7 @@ def _flat(gs) -> torch.Tensor:
 class IU(OneShot):
     alpha: float = 1.0  # scale of the Newton step
     iu_samples: int = 1000  # retain samples of the WoodFisher estimate (and its dampening)
+    search = {"alpha": Range(0.01, 100.0, log=True)}  # tuned (tune.py)
 
     def __post_init__(self):
         if not self.alpha > 0:

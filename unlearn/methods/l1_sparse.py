@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 from unlearn import register_method
 from unlearn.methods.common import Method, ce, l1_norm
+from unlearn.search import Range
 
 
 @register_method("FT_l1")
 @dataclass
 class FTL1(Method):
     alpha: float = 5e-4  # l1 strength at the first step
+    search = {"alpha": Range(1e-5, 1e-2, log=True)}  # tuned (tune.py)
     uses = ("retain",)
     epoch_over = "retain"
     unlearn_epochs, unlearn_lr = 10, 0.01
@@ -30,6 +32,7 @@ class FTL1(Method):
 @dataclass
 class GAL1(Method):
     alpha: float = 5e-4
+    search = {"alpha": Range(1e-5, 1e-2, log=True)}  # tuned (tune.py)
     uses = ("forget",)
     epoch_over = "forget"
     unlearn_epochs, unlearn_lr = 5, 1e-4

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from unlearn import register_method
 from unlearn.methods.common import Method, Pass, ce
+from unlearn.search import Range
 
 
 @register_method("NegGrad+")
@@ -23,6 +24,7 @@ from unlearn.methods.common import Method, Pass, ce
 class NegGradPlus(Method):
     alpha: float = 0.9999  # weight of the retain term
     forget_batch_size: int = 16  # of the forget batches paired with each retain batch
+    search = {"alpha": Range(0.9, 0.99999)}  # tuned: the retain weight (tune.py)
     uses = ("forget", "retain")
     epoch_over = "retain"
     unlearn_epochs, unlearn_lr = 5, 0.01

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from unlearn import register_method
 from unlearn.methods.common import Method, Pass, accuracy, kl_to_teacher, teacher_logits
+from unlearn.search import Range
 
 
 @register_method("SCRUB")
@@ -24,6 +25,7 @@ class SCRUB(Method):
     msteps: int = 2  # epochs that start with a max pass over the forget set
     kd_T: float = 4.0  # distillation temperature
     forget_batch_size: int = 512  # batch size of the max pass
+    search = {"alpha": Range(1e-4, 1.0, log=True), "msteps": Range(1, 5, integer=True)}  # tuned (tune.py)
     unlearn_epochs, unlearn_lr = 3, 5e-4
     augment = False
 

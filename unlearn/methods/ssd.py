@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from unlearn import register_method
 from unlearn.oneshot import OneShot
+from unlearn.search import Range
 
 
 def importances(model, sets, name: str, label_free: bool, batch_size: int | None = None):
@@ -64,6 +65,7 @@ class SSD(OneShot):
     alpha: float = 10.0  # selection: dampen where I_F > alpha * I_D
     dampening: float = 1.0  # lambda: the factor is min(lambda * I_D / I_F, 1)
     importance_batch_size: int = 0  # 0: their loaders' (128 random, 64 class forgetting)
+    search = {"alpha": Range(0.1, 100.0, log=True), "dampening": Range(0.1, 10.0, log=True)}  # tuned (tune.py)
     label_free: ClassVar[bool] = False
 
     def __post_init__(self):
