@@ -388,12 +388,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     grid = copy.deepcopy(PRESETS[a.preset])
     if a.methods:
-        for spec in a.methods:
-            try:
-                parse_unlearn(spec)
-            except ValueError as e:
-                raise UserError(f"--methods {spec}: {e}") from None
-        grid.unlearn = list(a.methods)
+        grid.unlearn = checked_methods(a.methods)
     models = out.parent / SHARES_MODELS_WITH[a.preset] if a.preset in SHARES_MODELS_WITH else out
     grid.data, grid.save_root = a.data, str(models / "checkpoints")
     tuned = read_tuned(a.tuned, grid) if a.tuned else None
@@ -402,6 +397,16 @@ def main() -> None:
              if a.slurm else None)
     run_grid(grid, out, jobs=a.jobs or sweep.default_jobs(), quiet=a.quiet, tuned=tuned, made_by_command=command,
              report_only=a.report_only, slurm=slurm, name=a.preset)
+
+
+def checked_methods(specs: list[str]) -> list[str]:
+    """--methods, each checked as --unlearn is (one line naming the bad one)."""
+    for spec in specs:
+        try:
+            parse_unlearn(spec)
+        except ValueError as e:
+            raise UserError(f"--methods {spec}: {e}") from None
+    return list(specs)
 
 
 def tuned_lines(grid: Grid, tuned: dict) -> list[str]:

@@ -464,12 +464,7 @@ def main() -> None:
         raise UserError(f"--jobs must be at least 1, got {a.jobs}")
     grid = copy.deepcopy(benchmark.PRESETS[preset.report])
     if a.methods:
-        for spec in a.methods:
-            try:
-                parse_unlearn(spec)
-            except ValueError as e:
-                raise UserError(f"--methods {spec}: {e}") from None
-        grid.unlearn = [spec_name(*parse_unlearn(s)) for s in a.methods]
+        grid.unlearn = [spec_name(*parse_unlearn(s)) for s in benchmark.checked_methods(a.methods)]
     pilot = a.pilot_seed if a.pilot_seed is not None else preset.pilot_seed
     if pilot in grid.seeds:
         raise UserError(f"--pilot_seed {pilot} is also a reporting seed ({', '.join(map(str, grid.seeds))}): "
