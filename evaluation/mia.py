@@ -64,6 +64,18 @@ def svc_efficacy(members: np.ndarray, non_members: np.ndarray, target: np.ndarra
     return float((1 - clf_pred).mean() * 100)
 
 
+def svc_samples(n_retain: int, non_logits: Tensor, non_y: Tensor, seed: int,
+                svc_max: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The SVC attack's training sides: the non-members (capped at `svc_max` by a seeded subsample) and
+    the indices of as many retain samples as members, drawn next from the same generator."""
+    rng = np.random.default_rng(seed)
+    if svc_max is not None and len(non_y) > svc_max:
+        pick = torch.from_numpy(np.sort(rng.choice(len(non_y), svc_max, replace=False)))
+        non_logits, non_y = non_logits[pick], non_y[pick]
+    members = torch.from_numpy(np.sort(rng.choice(n_retain, min(n_retain, len(non_y)), replace=False)))
+    return non_logits, non_y, members
+
+
 def svc_mia(member_logits: Tensor, member_y: Tensor, test_logits: Tensor, test_y: Tensor,
             forget_logits: Tensor, forget_y: Tensor) -> dict[str, float]:
     """MIA-efficacy on D_F for every feature; `MIA` is the confidence one."""

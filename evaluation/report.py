@@ -16,13 +16,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import utils
 from evaluation.accuracy import Outputs, accuracies, model_outputs, utility_view
 from evaluation.closeness import avg_gap, logit_fid, mean_kl, relative_ua
-from evaluation.mia import loss_attack, per_sample_loss, svc_mia
+from evaluation.mia import loss_attack, per_sample_loss, svc_mia, svc_samples
 
 EVAL_VERSION = 2  # bump when a metric's definition changes: cached figures are then recomputed
 
@@ -58,13 +57,8 @@ def model_metrics(out: Outputs, seed: int = 0, svc_max: int | None = None,
     `timings`, when given, receives the wall time (s) of the SVC attack, the loss attack and the rest."""
     t0 = time.perf_counter()
     m = accuracies(out)
-    test_l, test_y = utility_view(out.test, out.y_test, out.forgotten_class)
-    rng = np.random.default_rng(seed)
-    if svc_max is not None and len(test_y) > svc_max:
-        pick = torch.from_numpy(np.sort(rng.choice(len(test_y), svc_max, replace=False)))
-        test_l, test_y = test_l[pick], test_y[pick]
-    members = torch.from_numpy(np.sort(rng.choice(len(out.retain), min(len(out.retain), len(test_y)),
-                                                  replace=False)))
+    test_l, test_y, members = svc_samples(len(out.retain), *utility_view(out.test, out.y_test, out.forgotten_class),
+                                          seed, svc_max)
     t1 = time.perf_counter()
     m.update(svc_mia(out.retain[members], out.y_retain[members], test_l, test_y, out.forget, out.y_forget))
     m["MIA_svc_samples"] = float(len(members) + len(test_y))

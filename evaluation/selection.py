@@ -18,10 +18,9 @@ Pareto front of several objectives is the published alternative.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from evaluation.accuracy import Outputs, accuracies, utility_view
-from evaluation.mia import attack_features, svc_efficacy
+from evaluation.mia import attack_features, svc_efficacy, svc_samples
 
 SELECTION_KEYS = ("UA", "RA", "VA", "MIA_val")
 
@@ -29,13 +28,8 @@ SELECTION_KEYS = ("UA", "RA", "VA", "MIA_val")
 def validation_metrics(out: Outputs, seed: int = 0, svc_max: int | None = None) -> dict[str, float]:
     """UA, RA, VA and MIA_val (percent) of one model's outputs, reading no test sample."""
     acc = accuracies(out)
-    val_l, val_y = utility_view(out.val, out.y_val, out.forgotten_class)
-    rng = np.random.default_rng(seed)
-    if svc_max is not None and len(val_y) > svc_max:
-        pick = torch.from_numpy(np.sort(rng.choice(len(val_y), svc_max, replace=False)))
-        val_l, val_y = val_l[pick], val_y[pick]
-    members = torch.from_numpy(np.sort(rng.choice(len(out.retain), min(len(out.retain), len(val_y)),
-                                                  replace=False)))
+    val_l, val_y, members = svc_samples(len(out.retain), *utility_view(out.val, out.y_val, out.forgotten_class),
+                                        seed, svc_max)
     feat = lambda logits, y: attack_features(logits, y)["confidence"]  # noqa: E731
     mia = svc_efficacy(feat(out.retain[members], out.y_retain[members]), feat(val_l, val_y),
                        feat(out.forget, out.y_forget))
