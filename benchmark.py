@@ -124,12 +124,19 @@ BACKDOOR_TABLE = ["ASR"]  # backdoor runs add the attack success rate
 EXTRA = ["rUA", "FID_forget", "avg_gap", "RTE"]
 
 
+def scenario_name(c: int | str, n: int | str | None) -> str:
+    """A forget scenario's name in the tables (and tune.py's studies): `random N=100`, `class 3`, `class 3 N=50`."""
+    if str(c) == "-1":
+        return f"random N={n}"
+    return f"class {c}" if n in (None, "None", "") else f"class {c} N={n}"
+
+
 def scenario_of(params) -> str:
     """The forget scenario of a run, from its parameters (a dict or a row of the runs frame)."""
     c, n = params.get("param.class_to_replace", "0"), params.get("param.num_indexes_to_replace", "None")
     if pd.notna(params.get("param.trigger_size")) and params.get("param.trigger_size") not in (None, ""):
         return f"backdoor target {c} N={n}"
-    return f"random N={n}" if c == "-1" else (f"class {c}" if n in ("None", "") else f"class {c} N={n}")
+    return scenario_name(c, n)
 
 
 def collect_runs(uri: str, hashes: set[str], tuned: set[str] = frozenset()) -> pd.DataFrame:
@@ -488,6 +495,7 @@ def run_grid(grid: Grid, out: Path, *, jobs: int, quiet: bool, tuned: dict | Non
     store = (out / "mlruns" / "mlflow.db").resolve()
     print(f"the runs: python mlruns_parser.py --tracking_uri sqlite:///{store} --output {out / 'mlruns_parsed.csv'}")
     print(f"          mlflow ui --backend-store-uri sqlite:///{store}")
+
 
 if __name__ == "__main__":
     run_main(main)

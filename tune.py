@@ -37,6 +37,7 @@ import benchmark
 import sweep
 import tracking
 import utils
+from benchmark import scenario_name
 from sweep import Grid
 from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
@@ -69,10 +70,6 @@ PRESETS: dict[str, TunePreset] = {
 
 
 # ----------------------------------------------------------------------------- the setting
-def scenario_name(c: int, n: int | None) -> str:
-    return f"random N={n}" if c == -1 else (f"class {c}" if n is None else f"class {c} N={n}")
-
-
 def setting_of(grid: Grid, spec: str, c: int, n: int | None, pilot_seed: int, trials: int, space: dict,
                methods: list[str]) -> dict:
     """What a study was started for: a rerun with any other value is refused."""
