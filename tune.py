@@ -150,7 +150,7 @@ class Pilot:
 
         d, arch, epochs = grid.datasets[0], grid.archs[0], grid.epochs[grid.datasets[0]]
         save_dir = save_dir or grid.save_dir(d)
-        self.seed, self.svc_max = seed, svc_max
+        self.seed = seed
         orig = utils.original_checkpoint_path(save_dir, seed, arch, epochs)
         self.ckpt = utils.load_checkpoint(orig, dataset=d, arch=arch)
         utils.set_seed(seed)
@@ -225,6 +225,8 @@ def objective_for(pilot: Pilot, spec: str, space: dict, uri: str | None, experim
             if run:
                 run.end("FAILED", f"diverged: {e}")
             return 100.0  # the largest gap there is: a diverged run is the worst point
+        # scored again, not taken from the last epoch's callback: the method's restore() (BE's shadow
+        # class) may change the model after its last epoch
         gap = _score(trial, pilot, model, run, step=values.get("epochs", 1), final=True)
         if run:
             run.end()
@@ -267,6 +269,20 @@ class Job:
     subsample: float
 
 
+_PILOTS: dict[tuple, Pilot] = {}
+
+
+def pilot_of(job: Job) -> Pilot:
+    """The job's pilot, built once per process and scenario: every method's study of a scenario reads the
+    same data, forget set and models (read only; each trial unlearns a fresh copy)."""
+    g = job.grid
+    key = (g.datasets[0], g.archs[0], g.epochs[g.datasets[0]], g.data, g.save_root, job.c, job.n, job.pilot_seed,
+           job.svc_max, job.subsample)
+    if key not in _PILOTS:
+        _PILOTS[key] = Pilot(g, job.c, job.n, job.pilot_seed, job.svc_max, job.subsample)
+    return _PILOTS[key]
+
+
 def fill(job: Job, progress: bool) -> None:
     """Run trials of one study until it holds `trials` complete or pruned ones (workers share it)."""
     import optuna
@@ -281,7 +297,7 @@ def fill(job: Job, progress: bool) -> None:
     left = job.trials - len(study.get_trials(deepcopy=False, states=counted))
     if left <= 0:
         return
-    pilot = Pilot(job.grid, job.c, job.n, job.pilot_seed, job.svc_max, job.subsample)
+    pilot = pilot_of(job)
     objective = objective_for(pilot, job.spec, job.space, job.uri, f"tune-{job.grid.datasets[0]}", name)
     bar = None
     if progress:
