@@ -201,7 +201,8 @@ def test_the_dashboard_serves_the_study(tmp_path):
         port = s.getsockname()[1]
     # the console script `optuna-dashboard` of the docs, run by this interpreter
     proc = subprocess.Popen([sys.executable, "-c", "from optuna_dashboard._cli import main; main()", storage,
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
