@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 import utils
-from sweep import Grid, generate
+from experiments.sweep import Grid, generate
 from utils import UserError, run_main
 
 # ----------------------------------------------------------------------- the grid

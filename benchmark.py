@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import sweep
-import tracking
 import utils
 from evaluation.closeness import avg_gap
-from sweep import Grid
+from experiments import sweep, tracking
+from experiments.sweep import Grid
 from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
 
@@ -140,12 +139,10 @@ def scenario_of(params) -> str:
 
 
 def collect_runs(uri: str, hashes: set[str], tuned: set[str] = frozenset()) -> pd.DataFrame:
-    """The finished runs of this benchmark's params lines (by command hash): mlruns_parser's frame,
+    """The finished runs of this benchmark's params lines (by command hash): tracking.frame,
     with the columns the tables group by (scenario, method, seed, bn_stats) and each run's
     kept-share history. Runs of the `tuned` hashes are named `METHOD (tuned)`."""
-    import mlruns_parser
-
-    runs = mlruns_parser.frame(uri, None, sweep.FINISHED)
+    runs = tracking.frame(uri, None, sweep.FINISHED)
     runs = runs[runs["command_hash"].isin(hashes)].reset_index(drop=True)
     if runs.empty:
         return runs

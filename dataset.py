@@ -23,9 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError
-
 VAL_SHARE = 0.1  # per class, held out of the training set (Unlearn-Sparse: CIFAR-10 45,000 / 5,000)
+
+
+class UserError(Exception):
+    """Bad input a user can fix (a data set not on disk, a forget set larger than its class, an
+    unknown name...): the entry scripts print it as one line, without a traceback, and exit 2. It is
+    defined here, in the lowest library module that raises it, so that the library never imports the
+    application layer for it; `utils` re-exports it to the scripts."""
 
 
 @dataclass(frozen=True)

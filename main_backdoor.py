@@ -18,7 +18,7 @@ its ideal model the same name ending _ideal.pth.tar, each with the poisoned set'
 (.forget.json) beside it. --unlearn takes what mlflow_forget.py takes.
 """
 
-import backdoor
+from experiments import backdoor
 from utils import run_main
 
 

@@ -9,7 +9,7 @@ it the record of the forget set the arguments describe.
         --save_dir ./results/cifar10 --epochs 10 --num_indexes_to_replace 4500
 """
 
-import trainer
+from experiments import trainer
 from utils import run_main
 
 

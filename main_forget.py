@@ -13,12 +13,12 @@ per-epoch history: what MLflow would hold), and prints the summary table.
 unchanged, and ignored.
 """
 
-from unlearn import cli
+from experiments import forget
 from utils import run_main
 
 
 def main() -> None:
-    cli.main(cli.build_parser(__doc__).parse_args(), store="files")
+    forget.main(forget.build_parser(__doc__).parse_args(), store="files")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ class forgetting near 0.
         --class_to_replace -1 --num_indexes_to_replace 100
 """
 
-import trainer
+from experiments import trainer
 from utils import run_main
 
 

@@ -15,12 +15,12 @@ Runs go to sqlite:///mlruns/mlflow.db unless --tracking_uri or MLFLOW_TRACKING_U
 says otherwise; the unlearned checkpoint goes to {save_dir}/unlearned/.
 """
 
-from unlearn import cli
+from experiments import forget
 from utils import run_main
 
 
 def main() -> None:
-    cli.main(cli.build_parser(__doc__).parse_args())
+    forget.main(forget.build_parser(__doc__).parse_args())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ says, per metric and forget mode, which way is better.
     python mlruns_parser.py --filter "params.unlearn = 'GA+VarGrad' and metrics.TA > 90"
     python mlruns_parser.py --tracking_uri http://cluster-head:5000
 
-The same table in a notebook: `mlruns_parser.frame(uri)` returns it as a DataFrame.
+The same table in a notebook: `experiments.tracking.frame(uri)` returns it as a DataFrame.
 """
 
 from __future__ import annotations
@@ -18,58 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-import tracking
 import utils
+from experiments import tracking
+from experiments.tracking import frame
 from utils import UserError, run_main, temporary_name
-
-FIXED = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "failure_reason"]
-# tags a user groups and audits by, as columns of their own name
-AUDIT = ["command_hash", "forget_sha1", "forget_mode", "num_forget", "checkpoint", "ideal_checkpoint", "git_commit",
-         "command"]
-
-
-def frame(uri: str, experiment: str | None = None, filter_string: str = "") -> pd.DataFrame:
-    """Every run of the store (or of one experiment, or matching an MLflow filter) as one row:
-    FIXED and AUDIT columns, then the metrics by name, the parameters as `param.NAME` and the
-    polarity tags as `polarity.NAME`; `mlflow.search_runs` does the paging."""
-    import mlflow
-
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.is_file():
-        raise UserError(f"no MLflow store at {db}: run mlflow_forget.py first, or pass --tracking_uri")
-    c = tracking.client(uri)
-    exps = {e.experiment_id: e.name for e in tracking.retry(c.search_experiments)}
-    if experiment is not None:
-        exps = {i: n for i, n in exps.items() if n == experiment}
-        if not exps:
-            raise UserError(f"no experiment {experiment!r} in {uri}")
-    mlflow.set_tracking_uri(uri)
-    try:
-        runs = tracking.retry(mlflow.search_runs, experiment_ids=list(exps), filter_string=filter_string)
-    except mlflow.exceptions.MlflowException as e:
-        raise UserError(f"--filter {filter_string!r}: {e.message}") from None
-    if runs.empty:
-        return pd.DataFrame(columns=FIXED + AUDIT)
-    tag = runs.get  # a tag column, or None when no run has that tag
-    out = pd.DataFrame({
-        "run_id": runs["run_id"], "experiment": runs["experiment_id"].map(exps),
-        "run_name": tag("tags.mlflow.runName"), "status": runs["status"],
-        "start_time": runs["start_time"].map(_iso), "end_time": runs["end_time"].map(_iso),
-        "failure_reason": tag("tags.failure_reason"),
-        **{k: tag(f"tags.{k}") for k in AUDIT},
-    })
-    # runs made before the num_forget tag: the N their parameters name
-    if "params.num_indexes_to_replace" in runs:
-        n = runs["params.num_indexes_to_replace"].where(runs["params.num_indexes_to_replace"] != "None")
-        out["num_forget"] = out["num_forget"].fillna(n)
-    metrics = runs.filter(like="metrics.", axis=1).rename(columns=lambda k: k.removeprefix("metrics."))
-    params = runs.filter(like="params.", axis=1).rename(columns=lambda k: "param." + k.removeprefix("params."))
-    polarity = runs.filter(like="tags.polarity.", axis=1).rename(columns=lambda k: k.removeprefix("tags."))
-    return pd.concat([out, metrics[sorted(metrics)], params[sorted(params)], polarity[sorted(polarity)]], axis=1)
-
-
-def _iso(t) -> str:
-    return "" if pd.isna(t) else pd.Timestamp(t).tz_convert("UTC").isoformat(timespec="seconds")
 
 
 def polarity_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -19,8 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import sweep
 import utils
+from experiments import sweep
 from utils import UserError, run_main
 
 

@@ -34,11 +34,10 @@ import time
 from pathlib import Path
 
 import benchmark
-import sweep
-import tracking
 import utils
 from benchmark import scenario_name
-from sweep import Grid
+from experiments import sweep, tracking
+from experiments.sweep import Grid
 from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
 

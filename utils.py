@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from errors import UserError  # noqa: F401  (re-exported: the entry scripts raise it from here)
+from dataset import DATASETS, UserError  # noqa: F401  (UserError re-exported: the scripts raise it from here)
+from models import list_models
 
 REPO = Path(__file__).resolve().parent
 
@@ -357,9 +358,6 @@ def int_list(text: str) -> list[int]:
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Data, forget-set, model and device options: the same in every script."""
-    from dataset import DATASETS
-    from models import list_models
-
     g = parser.add_argument_group("data")
     g.add_argument("--data", default="./data", help="folder holding the data sets (default ./data)")
     g.add_argument("--dataset", default="digits", choices=sorted(DATASETS), metavar="NAME",
@@ -417,8 +415,6 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
 
 def default_arch(dataset: str) -> str:
     """The data set's default architecture (smallcnn on digits, convnet on (Fashion-)MNIST, else resnet18)."""
-    from dataset import DATASETS
-
     return DATASETS[dataset].arch
 
 

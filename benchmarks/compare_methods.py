@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-import trainer  # noqa: E402
 from dataset import forget_split, load_data  # noqa: E402
 from evaluation.accuracy import split_accuracies  # noqa: E402
+from experiments import trainer  # noqa: E402
 from models import create_model  # noqa: E402
 from unlearn import unlearn  # noqa: E402
 from unlearn.api import initial_model  # noqa: E402

@@ -30,7 +30,7 @@ def build_store(uri: str, runs: int) -> None:
 
     from mlflow.entities import Metric, Param, RunTag
 
-    import tracking
+    from experiments import tracking
 
     c = tracking.client(uri)
     rng = random.Random(0)

@@ -46,9 +46,9 @@ def _tests(dry_run: bool) -> dict:
 def _script_equals_library(device: str, epochs: int, specs: tuple[str, ...] = SPECS) -> dict:
     import torch
 
-    import trainer
     import utils
     from dataset import forget_split, load_data
+    from experiments import trainer
     from models import create_model
     from unlearn import unlearn
     from unlearn.api import initial_model

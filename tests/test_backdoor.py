@@ -12,11 +12,10 @@ import pytest
 import torch
 from conftest import run_script
 
-import backdoor
 import benchmark
-import sweep
-from backdoor import Trigger
 from dataset import forget_indices, load_data
+from experiments import backdoor, sweep
+from experiments.backdoor import Trigger
 from models import create_model
 from utils import UserError, read_torch_file
 

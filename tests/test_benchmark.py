@@ -9,7 +9,7 @@ import pytest
 from conftest import run_script
 
 from benchmark import PRESET_NOTES, PRESETS, aggregate, markdown
-from sweep import generate
+from experiments.sweep import generate
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,11 @@ import pytest
 import torch.nn as nn
 from conftest import run_in_process
 
-import trainer
-from backdoor import Trigger
-from dataset import forget_split, load_data
-from errors import UserError
+from dataset import UserError, forget_split, load_data
+from experiments import trainer
+from experiments.backdoor import Trigger
+from experiments.forget import build_parser
 from unlearn import make
-from unlearn.cli import build_parser
 from unlearn.methods.common import last_layers
 
 TINY = 1e-12

@@ -12,14 +12,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import trainer
-from dataset import load_data
-from errors import UserError
+from dataset import UserError, load_data
 from evaluation import report
 from evaluation.accuracy import Outputs, accuracy
 from evaluation.closeness import logit_fid
+from experiments import trainer
+from experiments.forget import find_ideal
 from models import create_model
-from unlearn.cli import find_ideal
 from unlearn.impl import Recipe
 
 

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-import trainer
 import utils
+from experiments import trainer
 from unlearn.impl import Recipe
 from utils import UserError
 
@@ -53,7 +53,7 @@ def test_a_poisoned_resume_state_is_refused_and_runs_nothing(tmp_path):
 
 
 def test_a_poisoned_evaluation_cache_is_recomputed_and_runs_nothing(tmp_path, monkeypatch):
-    from evaluation import report
+    from experiments import references as report
 
     marker = tmp_path / "ran"
     cache = _poisoned(tmp_path / "c.pt", marker)

@@ -11,7 +11,8 @@ from test_forget_cli import forget_cmd, only_run
 
 from dataset import forget_split, load_data
 from evaluation.closeness import rua_threshold
-from evaluation.report import against_references, reference
+from evaluation.report import against_references
+from experiments.references import reference
 from models import create_model
 from utils import load_checkpoint
 

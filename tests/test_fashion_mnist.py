@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset import IDX_FILES, SYSTEM_FOLDERS, load_data, read_idx
-from errors import UserError
+from dataset import IDX_FILES, SYSTEM_FOLDERS, UserError, load_data, read_idx
 
 FASHION = SYSTEM_FOLDERS["fashionmnist"]
 

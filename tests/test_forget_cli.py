@@ -93,7 +93,7 @@ def test_main_forget_is_the_same_run_without_mlflow(digits_models, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_the_run_killed_not_failed_and_the_sweep_reruns_it(digits_models, tmp_path, sig):
     """SIGTERM is Slurm's pre-emption and time-limit signal; SIGINT is Ctrl-C."""
-    import sweep
+    from experiments import sweep
 
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     cmd = forget_cmd(digits_models, uri, "--unlearn", "FT", "--unlearn_epochs", "500")

@@ -172,7 +172,7 @@ def test_eu_k_resets_its_layers_to_the_initial_weights_and_keeps_classifier_and_
 
 def test_the_cli_rebuilds_the_originals_initial_weights_exactly(tmp_path):
     """main_baseline.py seeds torch right before building the model; the seed and architecture rebuild it."""
-    import trainer
+    from experiments import trainer
     from unlearn.api import initial_model
 
     args = trainer.build_parser("").parse_args(["--dataset", "digits", "--seed", "4", "--epochs", "1",

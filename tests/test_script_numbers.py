@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import load_model, run_in_process
 
-import trainer
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import accuracies, model_outputs
 from evaluation.closeness import rua_threshold
 from evaluation.report import model_metrics
+from experiments import trainer
 from unlearn import METHODS, hyperparameters, make, unlearn
 from unlearn.api import initial_model
 from unlearn.impl import Recipe, recipe_for, run

@@ -15,7 +15,7 @@ from conftest import EPOCHS, REPO, run_script
 from mlflow import MlflowClient
 
 from array_param_file import default_grid
-from sweep import Grid, generate, read_params
+from experiments.sweep import Grid, generate, read_params
 from utils import UserError, command_hash, script_argv
 
 

@@ -80,7 +80,7 @@ def test_two_runs_training_the_same_model_at_once_train_it_once(tmp_path):
 def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_path):
     import signal
 
-    import sweep
+    from experiments import sweep
 
     args = ["main_baseline.py", "--dataset", "digits", "--epochs", "8", "--seed", "4", "--quiet",
             "--decreasing_lr", "3,6"]

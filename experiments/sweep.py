@@ -32,7 +32,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tracking
+from dataset import DATASETS
+from experiments import backdoor, tracking, trainer
+from experiments import forget as forget_run
+from models import list_models
+from unlearn import ADDONS, METHODS, hyperparameters, parse_unlearn
 from utils import REPO, UserError, command_hash, script_argv
 
 SCRIPTS = ("main_baseline.py", "main_ideal.py", "mlflow_forget.py", "main_backdoor.py")
@@ -69,10 +73,6 @@ class Grid:
 
 def validate(grid: Grid) -> None:
     """Fail at generation, not hours later, on a name nothing knows."""
-    from dataset import DATASETS
-    from models import list_models
-    from unlearn import ADDONS, METHODS, hyperparameters, parse_unlearn
-
     for d in grid.datasets:
         if d not in DATASETS:
             raise UserError(f"grid: unknown data set {d!r}; choices: {', '.join(sorted(DATASETS))}")
@@ -103,8 +103,6 @@ def _flag(name: str, value) -> list[str]:
 def generate(grid: Grid, python: str = "python -u") -> tuple[list[str], list[str]]:
     """(base lines, params lines): complete, copy-pasteable commands, without duplicates."""
     validate(grid)
-    from unlearn import ADDONS, METHODS, hyperparameters, parse_unlearn
-
     base, params = [], []
     for d, arch, seed in itertools.product(grid.datasets, grid.archs, grid.seeds):
         common = ["--data", grid.data, "--dataset", d, "--arch", arch, "--seed", str(seed),
@@ -153,15 +151,9 @@ class Line:
 @functools.cache  # one parser per script, not one per line of a long params file
 def _parser_of(script: str) -> argparse.ArgumentParser:
     if script == "mlflow_forget.py":
-        from unlearn import cli
-
-        return cli.build_parser("")
+        return forget_run.build_parser("")
     if script == "main_backdoor.py":
-        import backdoor
-
         return backdoor.build_parser("")
-    import trainer
-
     return trainer.build_parser("")
 
 
@@ -213,12 +205,10 @@ def finished_hashes(lines: list[Line], tracking_uri: str | None) -> set[str]:
     """Hashes of lines already done: FINISHED MLflow runs, and base checkpoints on disk."""
     done: set[str] = set()
     if any(logs_to_mlflow(line) for line in lines):
-        import mlruns_parser
-
         uri = tracking.resolve_uri(tracking_uri)
         db = tracking.sqlite_path(uri)
         if db is None or db.is_file():
-            done |= set(mlruns_parser.frame(uri, None, FINISHED)["command_hash"].dropna())
+            done |= set(tracking.frame(uri, None, FINISHED)["command_hash"].dropna())
     dirs = {Path(_value(line.argv, "--save_dir") or "./results") for line in lines
             if line.argv[0] != "mlflow_forget.py"}
     for d in dirs:

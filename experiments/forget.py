@@ -13,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import trainer
 import utils
 from dataset import forget_split, load_data
 from evaluation.accuracy import model_outputs
-from evaluation.report import against_references, model_metrics, polarity, reference, summary_table
+from evaluation.report import against_references, model_metrics, polarity, summary_table
+from experiments import trainer
+from experiments.references import reference
+from experiments.tracking import FileRun, Run
 from models import create_model
-from tracking import FileRun, Run
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name, unlearn
 from unlearn.api import initial_model
 from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, check_sets, recipe_for

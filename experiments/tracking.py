@@ -15,6 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+import utils
+from utils import UserError
+
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 RETRIES = 8  # a busy sqlite file ("database is locked") is retried with back-off
 
@@ -59,8 +64,6 @@ def retry(fn, *args, **kw):
     """Call an MLflow function, retrying while a shared sqlite file is locked by another run. A SIGINT
     or SIGTERM arriving during the call takes effect after it, so that no store transaction is cut
     in the middle (its lock would stay held, and the run could not be marked KILLED)."""
-    import utils
-
     for attempt in range(RETRIES):
         try:
             with utils.signals_deferred():
@@ -161,10 +164,59 @@ class FileRun:
         self.record["artifacts"].append(str(Path(path).resolve()))
 
     def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
-        import utils
-
         if reason:
             self.tags({"failure_reason": reason})
         self.record.update(status=status, end_time=time.time())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         utils.write_json(self.record, self.path)
+
+
+# ------------------------------------------------------------------- the runs as a table
+FIXED = ["run_id", "experiment", "run_name", "status", "start_time", "end_time", "failure_reason"]
+# tags a user groups and audits by, as columns of their own name
+AUDIT = ["command_hash", "forget_sha1", "forget_mode", "num_forget", "checkpoint", "ideal_checkpoint", "git_commit",
+         "command"]
+
+
+def frame(uri: str, experiment: str | None = None, filter_string: str = "") -> pd.DataFrame:
+    """Every run of the store (or of one experiment, or matching an MLflow filter) as one row:
+    FIXED and AUDIT columns, then the metrics by name, the parameters as `param.NAME` and the
+    polarity tags as `polarity.NAME`; `mlflow.search_runs` does the paging."""
+    import mlflow
+
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"no MLflow store at {db}: run mlflow_forget.py first, or pass --tracking_uri")
+    c = client(uri)
+    exps = {e.experiment_id: e.name for e in retry(c.search_experiments)}
+    if experiment is not None:
+        exps = {i: n for i, n in exps.items() if n == experiment}
+        if not exps:
+            raise UserError(f"no experiment {experiment!r} in {uri}")
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = retry(mlflow.search_runs, experiment_ids=list(exps), filter_string=filter_string)
+    except mlflow.exceptions.MlflowException as e:
+        raise UserError(f"--filter {filter_string!r}: {e.message}") from None
+    if runs.empty:
+        return pd.DataFrame(columns=FIXED + AUDIT)
+    tag = runs.get  # a tag column, or None when no run has that tag
+    out = pd.DataFrame({
+        "run_id": runs["run_id"], "experiment": runs["experiment_id"].map(exps),
+        "run_name": tag("tags.mlflow.runName"), "status": runs["status"],
+        "start_time": runs["start_time"].map(_iso), "end_time": runs["end_time"].map(_iso),
+        "failure_reason": tag("tags.failure_reason"),
+        **{k: tag(f"tags.{k}") for k in AUDIT},
+    })
+    # runs made before the num_forget tag: the N their parameters name
+    if "params.num_indexes_to_replace" in runs:
+        n = runs["params.num_indexes_to_replace"].where(runs["params.num_indexes_to_replace"] != "None")
+        out["num_forget"] = out["num_forget"].fillna(n)
+    metrics = runs.filter(like="metrics.", axis=1).rename(columns=lambda k: k.removeprefix("metrics."))
+    params = runs.filter(like="params.", axis=1).rename(columns=lambda k: "param." + k.removeprefix("params."))
+    polarity = runs.filter(like="tags.polarity.", axis=1).rename(columns=lambda k: k.removeprefix("tags."))
+    return pd.concat([out, metrics[sorted(metrics)], params[sorted(params)], polarity[sorted(polarity)]], axis=1)
+
+
+def _iso(t) -> str:
+    return "" if pd.isna(t) else pd.Timestamp(t).tz_convert("UTC").isoformat(timespec="seconds")

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-import trainer
 import utils
 from dataset import ForgetSplit, TensorData, forget_indices, load_data, split_of
 from evaluation.accuracy import logits_of
+from experiments import forget, trainer
 from models import create_model
-from unlearn import cli
 from utils import UserError
 
 CORNERS = {"br": "bottom-right", "bl": "bottom-left", "tr": "top-right", "tl": "top-left"}
@@ -155,8 +154,8 @@ def train_recipe(args: argparse.Namespace) -> dict:
             "decreasing_lr": list(args.train_decreasing_lr), "warmup": args.train_warmup}
 
 
-class Backdoor(cli.Forgetting):
-    """The scenario of main_backdoor.py for unlearn.cli.main: the poisoned data, the backdoored model
+class Backdoor(forget.Forgetting):
+    """The scenario of main_backdoor.py for unlearn.forget.main: the poisoned data, the backdoored model
     (trained when missing), its ideal model (retrained on the clean retain set) and ASR."""
 
     mode = "backdoor"
@@ -191,7 +190,7 @@ class Backdoor(cli.Forgetting):
 
     def ideal(self, args: argparse.Namespace, split) -> tuple[Path | None, dict | None]:
         path = checkpoint_path(args, len(split.forget), "ideal")
-        return cli.find_ideal(args, split, path, own_command(args, ["--train_only", "ideal"]))
+        return forget.find_ideal(args, split, path, own_command(args, ["--train_only", "ideal"]))
 
     def extra_metrics(self, model, data) -> dict[str, float]:
         return {"ASR": attack_success_rate(model, data, self.trigger, self.target)}
@@ -241,7 +240,7 @@ class Backdoor(cli.Forgetting):
 
 
 def build_parser(doc: str) -> argparse.ArgumentParser:
-    parser = cli.build_parser(doc, original="the backdoored model (trained here when missing",
+    parser = forget.build_parser(doc, original="the backdoored model (trained here when missing",
                               ideal="the ideal model (--train_only ideal's output")
     g = parser.add_argument_group("backdoor (Unlearn-Sparse's trigger by default; --class_to_replace is the target "
                                   "class, --num_indexes_to_replace the number of poisoned samples)")
@@ -271,7 +270,7 @@ def main(args: argparse.Namespace, store: str = "mlflow") -> dict | Path:
     With --train_only, train (or find) one model and return its path."""
     scenario = Backdoor(args)
     if args.train_only is None:
-        return cli.main(args, scenario, store)
+        return forget.main(args, scenario, store)
     utils.resolve_arch(args)
     if args.train_only == "backdoored":
         path, _ = scenario.original(args)
