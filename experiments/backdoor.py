@@ -155,7 +155,7 @@ def train_recipe(args: argparse.Namespace) -> dict:
 
 
 class Backdoor(forget.Forgetting):
-    """The scenario of main_backdoor.py for unlearn.forget.main: the poisoned data, the backdoored model
+    """The scenario of main_backdoor.py for experiments.forget.main: the poisoned data, the backdoored model
     (trained when missing), its ideal model (retrained on the clean retain set) and ASR."""
 
     mode = "backdoor"

@@ -186,11 +186,119 @@ def unlearned_path(save_dir: Path, args, spec: str, run_id: str, n: int) -> Path
                                      f"{safe}_{run_id[:8]}.pth.tar")
 
 
+@dataclasses.dataclass
+class Plan:
+    """One run, resolved from its flags before anything runs: what runs (method, add-on, recipe), on
+    what (data, forget set, original model) and against what (the ideal model)."""
+
+    spec: str  # METHOD[+ADDON], or evaluate:KIND for --evaluate
+    kind: str  # the method's: loop, one-shot or retrain
+    method: object
+    addon: object
+    hparams: dict  # the method's and add-on's hyper-parameters given as flags
+    arch: str
+    path: Path  # the original model
+    ckpt: dict
+    data: object
+    split: object
+    device: object
+    save_dir: Path
+    forgotten: int | None  # the forgotten class, for class forgetting
+    setting: Setting
+    recipe: object  # the loop's Recipe (None for a one-shot method)
+    evaluated: dict | None  # --evaluate's checkpoint
+    ideal_path: Path | None
+    ideal_ckpt: dict | None
+    resolved: dict  # what the flags resolved to, logged as parameters
+
+    def build(self, c: dict):
+        """A function building the model of checkpoint `c` on the run's device."""
+        def build():
+            net = create_model(self.arch, c["num_classes"], self.data.in_channels, c.get("imagenet_arch", False))
+            net.load_state_dict(c["state_dict"])
+            return net.to(self.device)
+        return build
+
+
+@dataclasses.dataclass
+class Scores:
+    metrics: dict  # the unlearned model's
+    original: dict
+    ideal: dict | None
+    polarities: dict
+
+
 def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: str = "mlflow") -> dict:
     """Unlearn, evaluate and log one run; returns the final metrics. `scenario` says where the models
     and sets come from (default: forgetting); `store` "mlflow" logs to MLflow (mlflow_forget.py),
     "files" to a JSON record beside the metrics (main_forget.py)."""
     scenario = scenario or Forgetting()
+    plan = resolve(args, scenario)
+    provenance = utils.provenance()  # git and package versions, read once for the tags and the checkpoint
+    tracker = open_tracker(args, plan, scenario, store, provenance)
+    try:
+        tracker.params({**vars(args), **plan.resolved})
+        model, rte = execute(args, plan, tracker)
+        scores = score(args, plan, scenario, model, rte)
+        out = record(args, plan, tracker, model, scores, provenance)
+    except Diverged as e:
+        tracker.end("FAILED", str(e))
+        print(f"error: {plan.spec} diverged: {e}; lower --unlearn_lr or --unlearn_epochs "
+              f"(run {tracker.id} marked FAILED)", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM through utils.run_main: not a failure of the run
+        tracker.end("KILLED", f"interrupted by {getattr(e, 'signame', 'SIGINT')}")
+        raise
+    except BaseException as e:
+        tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    tracker.end("FINISHED")
+    report(plan, scores, out)
+    return scores.metrics
+
+
+# ------------------------------------------------------------------- 1. resolve the run
+def resolve(args: argparse.Namespace, scenario: Forgetting) -> Plan:
+    """Check the flags, load the original model, the data and the forget set, resolve the recipe and
+    find the ideal model; fails with a one-line UserError before anything is written."""
+    method_name, addon_name, method, addon, hparams = _method_of(args)
+    kind = type(method).kind
+    path, ckpt = scenario.original(args)
+    args.arch = args.arch or ckpt["arch"]
+    if ckpt.get("seed") not in (None, args.seed):
+        print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
+              file=sys.stderr)
+    trained_on = (ckpt.get("args") or {}).get("subsample", 1.0)
+    if trained_on != args.subsample:
+        raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
+                        f"{args.subsample}: pass the same share")
+    device = utils.device_for(args)
+    utils.set_seed(args.seed)
+    data, split = scenario.data(args, ckpt, device)
+    save_dir = utils.check_writable(args.save_dir)  # after the data: a missing data set creates no folder
+    forgotten = args.class_to_replace if split.is_class_forgetting else None
+    setting = Setting(args.dataset, forgotten, initial_model(ckpt, data.in_channels, device))
+    method.configure(setting)  # the source's per-setting defaults, before they are recorded
+    try:
+        check_sets(method, addon, len(split.forget), len(split.retain))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    evaluated, spec = _evaluated(args, ckpt), spec_name(method_name, addon_name)
+    recipe = _recipe(args, method, kind, path, ckpt)
+    ideal_path, ideal_ckpt = scenario.ideal(args, split)
+    plan = Plan(spec, kind, method, addon, hparams, args.arch, path, ckpt, data, split, device, save_dir, forgotten,
+                setting, recipe, evaluated, ideal_path, ideal_ckpt, {})
+    if evaluated is not None:
+        plan.spec = f"evaluate:{evaluated.get('kind', 'model')}"
+        plan.resolved = {"unlearn_spec": plan.spec, "evaluated_checkpoint": str(Path(args.evaluate).resolve()),
+                         "original_checkpoint": str(path)}
+    else:
+        plan.resolved = _resolved(plan, method_name, addon_name)
+    return plan
+
+
+def _method_of(args: argparse.Namespace) -> tuple[str, str, object, object, dict]:
+    """(method name, add-on name, method, add-on, their hyper-parameters given as flags)."""
     try:
         method_name, addon_name = parse_unlearn(args.unlearn)
     except ValueError as e:
@@ -223,74 +331,56 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
         if unused:
             print(f"warning: {', '.join(unused)} not used by {method_name}, a one-shot method; ignored",
                   file=sys.stderr)
+    return method_name, addon_name, method, addon, hparams
 
-    path, ckpt = scenario.original(args)
-    args.arch = args.arch or ckpt["arch"]
-    if ckpt.get("seed") not in (None, args.seed):
-        print(f"warning: {path.name} was trained with seed {ckpt['seed']}, this run uses --seed {args.seed}",
-              file=sys.stderr)
-    trained_on = (ckpt.get("args") or {}).get("subsample", 1.0)
-    if trained_on != args.subsample:
-        raise UserError(f"{path} was trained with --subsample {trained_on}, this run has --subsample "
-                        f"{args.subsample}: pass the same share")
-    device = utils.device_for(args)
-    utils.set_seed(args.seed)
-    data, split = scenario.data(args, ckpt, device)
-    save_dir = utils.check_writable(args.save_dir)  # after the data: a missing data set creates no folder
-    forgotten = args.class_to_replace if split.is_class_forgetting else None
-    setting = Setting(args.dataset, forgotten, initial_model(ckpt, data.in_channels, device))
-    method.configure(setting)  # the source's per-setting defaults, before they are recorded
+
+def _evaluated(args: argparse.Namespace, ckpt: dict) -> dict | None:
+    """--evaluate's checkpoint (a model scored without unlearning), checked against the original."""
+    if not args.evaluate:
+        return None
+    evaluated = utils.load_checkpoint(args.evaluate, dataset=args.dataset, arch=args.arch)
+    if evaluated.get("num_classes", ckpt["num_classes"]) != ckpt["num_classes"]:
+        raise UserError(f"--evaluate {args.evaluate} has {evaluated['num_classes']} classes, the original "
+                        f"model {ckpt['num_classes']}")
+    return evaluated
+
+
+def _recipe(args: argparse.Namespace, method, kind: str, path: Path, ckpt: dict):
+    """The loop's recipe: the method's published one with the flags' overrides (`recipe_for`); for
+    retrain, the original's training recipe, which main_ideal.py also repeats."""
+    speed = {k: getattr(args, k) for k in utils.SPEED_OPTIONS}
+    if kind != "retrain":
+        return recipe_for(method, original_epochs=ckpt.get("epochs", args.epochs), lr=args.unlearn_lr,
+                          epochs=args.unlearn_epochs, batch_size=args.batch_size, momentum=args.momentum,
+                          weight_decay=args.weight_decay, decreasing_lr=args.decreasing_lr, warmup=args.warmup,
+                          optimizer=args.optimizer, bn_stats=args.bn_stats, augment=AUGMENT[args.unlearn_aug],
+                          **speed)
     try:
-        check_sets(method, addon, len(split.forget), len(split.retain))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+        trained_with = trainer.recipe_of(ckpt.get("args") or {})
+    except KeyError as e:
+        raise UserError(f"{path} does not record its training recipe ({e} missing), which retrain repeats: "
+                        f"retrain it with {baseline_command(args, path)}") from None
+    return dataclasses.replace(trained_with, lr=args.unlearn_lr or trained_with.lr,
+                               epochs=args.unlearn_epochs or trained_with.epochs, **speed)
 
-    def from_checkpoint(c: dict):
-        def build():
-            net = create_model(args.arch, c["num_classes"], data.in_channels, c.get("imagenet_arch", False))
-            net.load_state_dict(c["state_dict"])
-            return net.to(device)
-        return build
 
-    evaluated = None
-    if args.evaluate:  # score a given model: no unlearning
-        evaluated = utils.load_checkpoint(args.evaluate, dataset=args.dataset, arch=args.arch)
-        if evaluated.get("num_classes", ckpt["num_classes"]) != ckpt["num_classes"]:
-            raise UserError(f"--evaluate {args.evaluate} has {evaluated['num_classes']} classes, the original "
-                            f"model {ckpt['num_classes']}")
-        spec = f"evaluate:{evaluated.get('kind', 'model')}"
-    model = from_checkpoint(evaluated or ckpt)()
-    if kind == "retrain":
-        try:
-            trained_with = trainer.recipe_of(ckpt.get("args") or {})
-        except KeyError as e:
-            raise UserError(f"{path} does not record its training recipe ({e} missing), which retrain repeats: "
-                            f"retrain it with {baseline_command(args, path)}") from None
-        recipe = dataclasses.replace(trained_with, lr=args.unlearn_lr or trained_with.lr,
-                                     epochs=args.unlearn_epochs or trained_with.epochs,
-                                     **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
-    else:
-        recipe = recipe_for(method, original_epochs=ckpt.get("epochs", args.epochs), lr=args.unlearn_lr,
-                            epochs=args.unlearn_epochs, batch_size=args.batch_size, momentum=args.momentum,
-                            weight_decay=args.weight_decay, decreasing_lr=args.decreasing_lr, warmup=args.warmup,
-                            optimizer=args.optimizer, bn_stats=args.bn_stats, augment=AUGMENT[args.unlearn_aug],
-                            **{k: getattr(args, k) for k in utils.SPEED_OPTIONS})
-    polarities = polarity(split.is_class_forgetting)
-    ideal_path, ideal_ckpt = scenario.ideal(args, split)
+def _resolved(plan: Plan, method_name: str, addon_name: str) -> dict:
+    """What the flags resolved to, as the run's parameters: the recipe and every hyper-parameter."""
+    r = plan.recipe
+    return {"method": method_name, "addon": addon_name, "unlearn_spec": plan.spec, "method_kind": plan.kind,
+            **({} if plan.kind == "one-shot" else
+               {"recipe_lr": r.lr, "recipe_epochs": r.epochs, "recipe_optimizer": r.optimizer,
+                "recipe_weight_decay": r.weight_decay, "recipe_momentum": r.momentum,
+                "recipe_batch_size": r.batch_size, "recipe_decreasing_lr": r.decreasing_lr,
+                "recipe_augment": r.augment, "bn_stats": r.bn_stats}),
+            "original_checkpoint": str(plan.path),
+            **{f"method.{k}": getattr(plan.method, k) for k in hyperparameters(type(plan.method))},
+            **{f"addon.{k}": getattr(plan.addon, k) for k in hyperparameters(type(plan.addon))}}
 
-    resolved = {"method": method_name, "addon": addon_name, "unlearn_spec": spec, "method_kind": kind,
-                **({} if kind == "one-shot" else
-                   {"recipe_lr": recipe.lr, "recipe_epochs": recipe.epochs, "recipe_optimizer": recipe.optimizer,
-                    "recipe_weight_decay": recipe.weight_decay, "recipe_momentum": recipe.momentum,
-                    "recipe_batch_size": recipe.batch_size, "recipe_decreasing_lr": recipe.decreasing_lr,
-                    "recipe_augment": recipe.augment, "bn_stats": recipe.bn_stats}),
-                "original_checkpoint": str(path),
-                **{f"method.{k}": getattr(method, k) for k in hyperparameters(type(method))},
-                **{f"addon.{k}": getattr(addon, k) for k in hyperparameters(type(addon))}}
-    if evaluated is not None:
-        resolved = {"unlearn_spec": spec, "evaluated_checkpoint": str(Path(args.evaluate).resolve()),
-                    "original_checkpoint": str(path)}
-    provenance = utils.provenance()  # git and package versions, read once for the tags and the checkpoint
+
+def open_tracker(args: argparse.Namespace, plan: Plan, scenario: Forgetting, store: str, provenance: dict) -> Run:
+    """The run's record (MLflow, or a JSON file for main_forget.py), tagged with its provenance."""
+    split = plan.split
     tags = {**{f"version.{k}": v for k, v in provenance.items()},
             "git_commit": provenance["git_commit"], "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "command_hash": utils.own_command_hash(),
@@ -301,83 +391,96 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
         if args.tracking_uri or args.experiment:
             print("warning: --tracking_uri and --experiment are for mlflow_forget.py; main_forget.py logs to "
                   "no store; ignored", file=sys.stderr)
-        tracker = FileRun(save_dir / "unlearned", experiment, spec, tags)
+        tracker = FileRun(plan.save_dir / "unlearned", experiment, plan.spec, tags)
     else:
-        tracker = Run(args.tracking_uri, experiment, spec, tags)
-    what = ("no unlearning" if evaluated is not None else "one shot" if kind == "one-shot" else
-            f"{'retrain from scratch, ' if kind == 'retrain' else ''}{recipe.optimizer} lr {recipe.lr:g}, "
-            f"{recipe.epochs} epochs, batch-norm statistics {recipe.bn_stats}")
-    print(f"{spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "
-          f"retain {len(split.retain)}, {what}, device {device}; {tracker.where}")
-    try:
-        tracker.params({**vars(args), **resolved})
-        if evaluated is not None:
-            rte = 0.0
-        elif kind == "retrain":
-            model, rte = _retrain(args, ckpt, data, split, recipe, tracker, device)
-        elif kind == "one-shot":
-            rte = _one_shot(args, model, data, split, hparams, tracker)
-        else:
-            rte = _unlearn(args, model, data, split, hparams, recipe, tracker, setting)
-        t1 = time.perf_counter()
-        out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
-        if not all(t.isfinite().all() for t in (out_u.forget, out_u.retain, out_u.test, out_u.val)):
-            raise Diverged("the model's outputs are not finite (weights or batch-norm statistics blew up)")
-        svc = args.mia_svc_max
-        metrics = model_metrics(out_u, args.seed, svc) | scenario.extra_metrics(model, data)
-        ref_o, _ = reference(path, from_checkpoint(ckpt), data, split, forgotten, args.seed, svc)
-        ref_o = ref_o | scenario.extra_metrics(from_checkpoint(ckpt)(), data)
-        ref_i, out_i = (reference(ideal_path, from_checkpoint(ideal_ckpt), data, split, forgotten, args.seed, svc)
-                        if ideal_path else (None, None))
-        if ref_i is not None:
-            ref_i = ref_i | scenario.extra_metrics(from_checkpoint(ideal_ckpt)(), data)
-        metrics.update(against_references(out_u, metrics, ref_o, ref_i, out_i))
-        metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
-        tracker.metrics({**metrics, **{f"original/{k}": v for k, v in ref_o.items()},
-                         **{f"ideal/{k}": v for k, v in (ref_i or {}).items()}})
-        tracker.tags({f"polarity.{k}": polarities[k] for k in metrics if k in polarities}
-                     | ({"ideal_checkpoint": str(ideal_path)} if ideal_path else {}))
-        if evaluated is None:
-            out = unlearned_path(save_dir, args, spec, tracker.id, split.info["num_indexes_to_replace"])
-            out.parent.mkdir(parents=True, exist_ok=True)
-            utils.save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                                   "kind": "unlearned", "arch": args.arch, "dataset": args.dataset,
-                                   "num_classes": ckpt["num_classes"],
-                                   "imagenet_arch": ckpt.get("imagenet_arch", False),
-                                   "seed": args.seed, "epochs": args.epochs, "unlearn": spec, "args": vars(args),
-                                   "resolved": resolved, "split": split.info, "forget_idx": split.forget.cpu(),
-                                   "metrics": metrics, "run_id": tracker.id, "provenance": provenance}, out)
-        else:
-            out = Path(args.evaluate)
-        summary = save_dir / "unlearned" / f"{tracker.id}_metrics.json"
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        utils.write_json({"run_id": tracker.id, "unlearn": spec, "metrics": metrics, "original": ref_o,
-                          "ideal": ref_i, "polarity": polarities, "params": resolved,
-                          "ideal_checkpoint": str(ideal_path) if ideal_path else None}, summary)
-        tracker.artifact(summary)
-        tracker.tags({"checkpoint": str(out.resolve())})
-    except Diverged as e:
-        tracker.end("FAILED", str(e))
-        print(f"error: {spec} diverged: {e}; lower --unlearn_lr or --unlearn_epochs "
-              f"(run {tracker.id} marked FAILED)", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM through utils.run_main: not a failure of the run
-        tracker.end("KILLED", f"interrupted by {getattr(e, 'signame', 'SIGINT')}")
-        raise
-    except BaseException as e:
-        tracker.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
-    tracker.end("FINISHED")
-    print(summary_table(metrics, ref_o, ref_i, spec, polarities))
+        tracker = Run(args.tracking_uri, experiment, plan.spec, tags)
+    r = plan.recipe
+    what = ("no unlearning" if plan.evaluated is not None else "one shot" if plan.kind == "one-shot" else
+            f"{'retrain from scratch, ' if plan.kind == 'retrain' else ''}{r.optimizer} lr {r.lr:g}, "
+            f"{r.epochs} epochs, batch-norm statistics {r.bn_stats}")
+    print(f"{plan.spec} on {args.dataset}/{args.arch}: forget {len(split.forget)} ({split.info['mode']}), "
+          f"retain {len(split.retain)}, {what}, device {plan.device}; {tracker.where}")
+    return tracker
+
+
+# ------------------------------------------------------------------- 2. execute it
+def execute(args: argparse.Namespace, plan: Plan, tracker: Run):
+    """Unlearn (or, for --evaluate, nothing); returns (model, RTE: the unlearning wall time in seconds)."""
+    model = plan.build(plan.evaluated or plan.ckpt)()
+    if plan.evaluated is not None:
+        return model, 0.0
+    if plan.kind == "retrain":
+        return _retrain(args, plan.ckpt, plan.data, plan.split, plan.recipe, tracker, plan.device)
+    if plan.kind == "one-shot":
+        return model, _one_shot(args, model, plan.data, plan.split, plan.hparams, tracker)
+    return model, _unlearn(args, model, plan.data, plan.split, plan.hparams, plan.recipe, tracker, plan.setting)
+
+
+# ------------------------------------------------------------------- 3. score it
+def score(args: argparse.Namespace, plan: Plan, scenario: Forgetting, model, rte: float) -> Scores:
+    """Every metric of the unlearned model, and against the original and ideal models (cached)."""
+    data, split, forgotten, svc = plan.data, plan.split, plan.forgotten, args.mia_svc_max
+    t1 = time.perf_counter()
+    out_u = model_outputs(model, data, split.forget, split.retain, forgotten)
+    if not all(t.isfinite().all() for t in (out_u.forget, out_u.retain, out_u.test, out_u.val)):
+        raise Diverged("the model's outputs are not finite (weights or batch-norm statistics blew up)")
+    metrics = model_metrics(out_u, args.seed, svc) | scenario.extra_metrics(model, data)
+    build_o = plan.build(plan.ckpt)
+    ref_o, _ = reference(plan.path, build_o, data, split, forgotten, args.seed, svc)
+    ref_o = ref_o | scenario.extra_metrics(build_o(), data)
+    ref_i, out_i = None, None
+    if plan.ideal_path:
+        build_i = plan.build(plan.ideal_ckpt)
+        ref_i, out_i = reference(plan.ideal_path, build_i, data, split, forgotten, args.seed, svc)
+        ref_i = ref_i | scenario.extra_metrics(build_i(), data)
+    metrics.update(against_references(out_u, metrics, ref_o, ref_i, out_i))
+    metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
+    return Scores(metrics, ref_o, ref_i, polarity(split.is_class_forgetting))
+
+
+# ------------------------------------------------------------------- 4. record it
+def record(args: argparse.Namespace, plan: Plan, tracker: Run, model, scores: Scores, provenance: dict) -> Path:
+    """Log the metrics and polarities, save the unlearned model and the metrics file; returns the
+    model's path (--evaluate: the evaluated checkpoint's)."""
+    metrics, split = scores.metrics, plan.split
+    tracker.metrics({**metrics, **{f"original/{k}": v for k, v in scores.original.items()},
+                     **{f"ideal/{k}": v for k, v in (scores.ideal or {}).items()}})
+    tracker.tags({f"polarity.{k}": scores.polarities[k] for k in metrics if k in scores.polarities}
+                 | ({"ideal_checkpoint": str(plan.ideal_path)} if plan.ideal_path else {}))
+    if plan.evaluated is None:
+        out = unlearned_path(plan.save_dir, args, plan.spec, tracker.id, split.info["num_indexes_to_replace"])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ckpt = plan.ckpt
+        utils.save_checkpoint({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                               "kind": "unlearned", "arch": args.arch, "dataset": args.dataset,
+                               "num_classes": ckpt["num_classes"], "imagenet_arch": ckpt.get("imagenet_arch", False),
+                               "seed": args.seed, "epochs": args.epochs, "unlearn": plan.spec, "args": vars(args),
+                               "resolved": plan.resolved, "split": split.info, "forget_idx": split.forget.cpu(),
+                               "metrics": metrics, "run_id": tracker.id, "provenance": provenance}, out)
+    else:
+        out = Path(args.evaluate)
+    summary = plan.save_dir / "unlearned" / f"{tracker.id}_metrics.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    utils.write_json({"run_id": tracker.id, "unlearn": plan.spec, "metrics": metrics, "original": scores.original,
+                      "ideal": scores.ideal, "polarity": scores.polarities, "params": plan.resolved,
+                      "ideal_checkpoint": str(plan.ideal_path) if plan.ideal_path else None}, summary)
+    tracker.artifact(summary)
+    tracker.tags({"checkpoint": str(out.resolve())})
+    return out
+
+
+def report(plan: Plan, scores: Scores, out: Path) -> None:
+    """The summary table and the closing line; a warning when the run wrecked the model."""
+    metrics, ref_o, spec, classes = scores.metrics, scores.original, plan.spec, plan.ckpt["num_classes"]
+    print(summary_table(metrics, ref_o, scores.ideal, spec, scores.polarities))
     asr = f"  ASR {ref_o['ASR']:.2f} -> {metrics['ASR']:.2f}" if "ASR" in metrics else ""
     print(f"done: {spec}  UA {metrics['UA']:.2f}  RA {metrics['RA']:.2f}  TA {metrics['TA']:.2f}  "
           f"VA {metrics['VA']:.2f}{asr}  RTE {metrics['RTE']:.1f}s  -> {out}")
-    chance = 100.0 / ckpt["num_classes"]
-    if evaluated is None and metrics["RA"] < 2 * chance <= ref_o["RA"]:
-        print(f"warning: retain accuracy {metrics['RA']:.1f} is at chance ({chance:.1f} for {ckpt['num_classes']} "
+    chance = 100.0 / classes
+    if plan.evaluated is None and metrics["RA"] < 2 * chance <= ref_o["RA"]:
+        print(f"warning: retain accuracy {metrics['RA']:.1f} is at chance ({chance:.1f} for {classes} "
               f"classes; the original's {ref_o['RA']:.1f}): {spec} wrecked the model; lower --unlearn_lr or "
               f"--unlearn_epochs", file=sys.stderr)
-    return metrics
 
 
 def _one_shot(args, model, data, split, hparams: dict, tracker: Run) -> float:
