@@ -380,11 +380,7 @@ def main() -> None:
                         "come from this preset's setting")
     g = p.add_argument_group("Slurm (submit job arrays instead of running here; then rerun with --report_only)")
     g.add_argument("--slurm", action="store_true", help="write and submit one job array per params file")
-    g.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
-    g.add_argument("--gpus", type=int, default=1, help="GPUs per task (default 1; 0 for CPU-only tasks)")
-    g.add_argument("--time", default="08:00:00", help="time limit per task, HH:MM:SS (default 08:00:00)")
-    g.add_argument("--max_parallel", type=int, default=8, help="tasks running at once, the K of --array=1-N%%K "
-                                                                 "(default 8)")
+    sweep.add_slurm_args(g)
     a = p.parse_args()
     if a.jobs is not None and a.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {a.jobs}")
@@ -397,8 +393,7 @@ def main() -> None:
     grid.data, grid.save_root = a.data, str(models / "checkpoints")
     tuned = read_tuned(a.tuned, grid) if a.tuned else None
     command = " ".join(["python benchmark.py", *[x for x in sys.argv[1:] if x != "--report_only"]])
-    slurm = (sweep.SlurmOptions(partition=a.partition, gpus=a.gpus, time=a.time, max_parallel=a.max_parallel)
-             if a.slurm else None)
+    slurm = sweep.slurm_options(a) if a.slurm else None
     run_grid(grid, out, jobs=a.jobs or sweep.default_jobs(), quiet=a.quiet, tuned=tuned, made_by_command=command,
              report_only=a.report_only, slurm=slurm, name=a.preset)
 

@@ -35,12 +35,7 @@ def main() -> None:
     g = p.add_argument_group("Slurm")
     g.add_argument("--slurm", action="store_true", help="submit job arrays instead of running here")
     g.add_argument("--dry_run", action="store_true", help="with --slurm: write the sbatch scripts, submit nothing")
-    g.add_argument("--partition", default=None)
-    g.add_argument("--gpus", type=int, default=0, help="GPUs per task (default 0)")
-    g.add_argument("--cpus", type=int, default=2, help="CPUs per task (default 2)")
-    g.add_argument("--time", default="04:00:00", help="time limit per task (default 04:00:00)")
-    g.add_argument("--mem", default=None, help="memory per task, e.g. 16G")
-    g.add_argument("--max_parallel", type=int, default=8, help="tasks of an array at once: the K of 1-N%%K")
+    sweep.add_slurm_args(g)
     a = p.parse_args()
     if a.jobs is not None and a.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {a.jobs}")
@@ -75,9 +70,7 @@ def one_line(a) -> int:
 
 
 def submit_all(a, files) -> None:
-    opts = sweep.SlurmOptions(partition=a.partition, gpus=a.gpus, cpus=a.cpus, time=a.time,
-                              max_parallel=a.max_parallel, mem=a.mem)
-    sweep.submit_files(files, opts, a.log_dir, a.tracking_uri, dry_run=a.dry_run)
+    sweep.submit_files(files, sweep.slurm_options(a), a.log_dir, a.tracking_uri, dry_run=a.dry_run)
 
 
 if __name__ == "__main__":

@@ -399,18 +399,48 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help=f"torch.compile the model's forward while training ({default('compile')})")
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> None:
-    """The Unlearn-Sparse training recipe (original and ideal models)."""
-    g = parser.add_argument_group("training recipe (Unlearn-Sparse defaults)")
-    g.add_argument("--epochs", type=int, default=182, help="training epochs (default 182)")
-    g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight_decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--batch_size", type=int, default=256, help="batch size (default 256)")
-    g.add_argument("--decreasing_lr", type=int_list, default=[91, 136],
-                   help="epochs at which lr is multiplied by 0.1, comma-separated (default 91,136)")
-    g.add_argument("--warmup", type=int, default=0, help="epochs of linear lr warm-up (default 0)")
-    g.add_argument("--print_freq", type=int, default=50, help="kept for the papers' commands; unused")
+# The training recipe of the original and ideal models (Unlearn-Sparse's defaults): one table for
+# main_baseline.py's and main_ideal.py's flags, main_backdoor.py's (--train_NAME, but for --epochs and
+# --lr, which it shares), the recipe a checkpoint records and the commands this toolkit suggests.
+TRAIN_FLAGS: dict[str, tuple[Callable, Any, str]] = {
+    "epochs": (int, 182, "training epochs (default 182)"),
+    "lr": (float, 0.1, "SGD learning rate (default 0.1)"),
+    "momentum": (float, 0.9, "SGD momentum (default 0.9)"),
+    "weight_decay": (float, 5e-4, "weight decay (default 5e-4)"),
+    "batch_size": (int, 256, "batch size (default 256)"),
+    "decreasing_lr": (int_list, [91, 136], "epochs at which lr is multiplied by 0.1, comma-separated "
+                                           "(default 91,136)"),
+    "warmup": (int, 0, "epochs of linear lr warm-up (default 0)"),
+}
+UNPREFIXED = ("epochs", "lr")  # main_backdoor.py's names for these two are main_baseline.py's
+
+
+def train_dest(name: str, prefix: str = "") -> str:
+    """The flag name of the recipe's `name` for a parser whose recipe flags carry `prefix`."""
+    return name if name in UNPREFIXED else prefix + name
+
+
+def add_train_args(group, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """The training recipe's flags on an argparse group (or parser), named by `train_dest`."""
+    for name, (kind, default, text) in TRAIN_FLAGS.items():
+        if name not in skip:
+            group.add_argument(f"--{train_dest(name, prefix)}", type=kind, default=default, help=text)
+
+
+def train_recipe(args: argparse.Namespace, prefix: str = "") -> dict:
+    """The training recipe of parsed flags, under main_baseline.py's names (what a checkpoint records)."""
+    recipe = {name: getattr(args, train_dest(name, prefix)) for name in TRAIN_FLAGS}
+    return recipe | {"decreasing_lr": list(recipe["decreasing_lr"])}
+
+
+def script_command(script: str, flags: dict[str, Any]) -> str:
+    """`python SCRIPT --name value ...`, quoted for a shell; a list value is written comma-separated."""
+    import shlex
+
+    words = ["python", script]
+    for name, value in flags.items():
+        words += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)]
+    return shlex.join(words)
 
 
 def default_arch(dataset: str) -> str:

@@ -132,26 +132,18 @@ def checkpoint_path(args: argparse.Namespace, n: int, which: str) -> Path:
     return Path(args.save_dir) / (stem + (".pth.tar" if which == "backdoored" else "_ideal.pth.tar"))
 
 
+TRIGGER_FLAGS = ("trigger_size", "trigger_margin", "trigger_corner", "trigger_pattern")
+RECIPE_PREFIX = "train_"  # --train_momentum...: --momentum and the others name the unlearning recipe here
+
+
 def own_command(args: argparse.Namespace, extra: list[str]) -> str:
     """This run's data, trigger and training-recipe flags as a main_backdoor.py command (the ideal
     model it suggests must be trained with the backdoored model's recipe)."""
-    flags = ["--data", args.data, "--dataset", args.dataset, "--arch", args.arch, "--seed", str(args.seed),
-             "--epochs", str(args.epochs), "--class_to_replace", str(args.class_to_replace),
-             "--num_indexes_to_replace", str(args.num_indexes_to_replace), "--trigger_size", str(args.trigger_size),
-             "--trigger_margin", str(args.trigger_margin), "--trigger_corner", args.trigger_corner,
-             "--trigger_pattern", args.trigger_pattern, "--save_dir", args.save_dir, "--lr", str(args.lr),
-             "--train_momentum", str(args.train_momentum), "--train_weight_decay", str(args.train_weight_decay),
-             "--train_batch_size", str(args.train_batch_size),
-             "--train_decreasing_lr", ",".join(map(str, args.train_decreasing_lr)),
-             "--train_warmup", str(args.train_warmup)]
-    return shlex.join(["python", "main_backdoor.py", *flags, *extra])
-
-
-def train_recipe(args: argparse.Namespace) -> dict:
-    """The training recipe under main_baseline.py's names (what a checkpoint records and retrain repeats)."""
-    return {"lr": args.lr, "epochs": args.epochs, "batch_size": args.train_batch_size,
-            "momentum": args.train_momentum, "weight_decay": args.train_weight_decay,
-            "decreasing_lr": list(args.train_decreasing_lr), "warmup": args.train_warmup}
+    flags = {name: getattr(args, name) for name in ("data", "dataset", "arch", "seed", "class_to_replace",
+                                                    "num_indexes_to_replace", *TRIGGER_FLAGS, "save_dir")}
+    recipe = utils.train_recipe(args, RECIPE_PREFIX)
+    flags |= {utils.train_dest(name, RECIPE_PREFIX): value for name, value in recipe.items()}
+    return f"{utils.script_command('main_backdoor.py', flags)} {shlex.join(extra)}".rstrip()
 
 
 class Backdoor(forget.Forgetting):
@@ -217,7 +209,7 @@ class Backdoor(forget.Forgetting):
         """Train the backdoored model (on the whole poisoned training set) or the ideal one (on the
         clean retain set), from the same seeded initialisation as main_baseline.py and main_ideal.py;
         save it with the poisoned set's record beside it; print clean TA and ASR."""
-        trainer.validate_recipe(argparse.Namespace(**train_recipe(args)))
+        trainer.validate_recipe(utils.train_recipe(args, RECIPE_PREFIX), RECIPE_PREFIX)
         utils.check_writable(args.save_dir)
         data, split = self.data(args)
         utils.set_seed(args.seed)
@@ -226,12 +218,12 @@ class Backdoor(forget.Forgetting):
         print(f"{which} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "
               f"{len(split.forget)} poisoned{' and left out' if which == 'ideal' else ''}; target "
               f"{self.target}, trigger {self.trigger}), device {self.device}")
-        recipe = trainer.recipe_of({**vars(args), **train_recipe(args)})
+        recipe = trainer.recipe_of({**vars(args), **utils.train_recipe(args, RECIPE_PREFIX)})
         history, best_epoch, wall = trainer.fit(model, data, train_idx, data.val_idx, recipe, args.seed, args.quiet,
                                                 which)
         acc = trainer.trained_accuracies(model, data, split) | {
             "ASR": attack_success_rate(model, data, self.trigger, self.target)}
-        saved = argparse.Namespace(**{**vars(args), **train_recipe(args)})
+        saved = argparse.Namespace(**{**vars(args), **utils.train_recipe(args, RECIPE_PREFIX)})
         trainer.save(path, model, saved, which, split, acc, best_epoch, history, wall)
         print(f"done: {which} model, best epoch {best_epoch}: clean test acc {acc['TA']:.2f}  ASR "
               f"{acc['ASR']:.2f}  poisoned-sample acc (poisoned labels) {acc['FA']:.2f}  wall time {wall:.1f}s "
@@ -255,13 +247,7 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                         "ideal model is retrained on the clean retain set (main_ideal.py for the poisoned set)")
     g = parser.add_argument_group("training of the backdoored and ideal models (main_baseline.py's recipe; "
                                   "--epochs is their epoch count)")
-    g.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
-    g.add_argument("--train_momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--train_weight_decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--train_batch_size", type=int, default=256, help="batch size (default 256)")
-    g.add_argument("--train_decreasing_lr", type=utils.int_list, default=[91, 136],
-                   help="epochs at which lr is multiplied by 0.1 (default 91,136)")
-    g.add_argument("--train_warmup", type=int, default=0, help="epochs of linear lr warm-up (default 0)")
+    utils.add_train_args(g, RECIPE_PREFIX, skip=("epochs",))  # --epochs: the unlearning parser's own
     return parser
 
 

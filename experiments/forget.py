@@ -114,14 +114,15 @@ def original_path(args: argparse.Namespace) -> Path:
 
 def baseline_command(args: argparse.Namespace, path: Path) -> str:
     arch = args.arch or utils.default_arch(args.dataset)
-    return (f"python main_baseline.py --data {shlex.quote(args.data)} --dataset {args.dataset} --arch {arch} "
-            f"--seed {args.seed} --epochs {args.epochs} --save_dir {shlex.quote(str(path.parent))}")
+    return utils.script_command("main_baseline.py", {"data": args.data, "dataset": args.dataset, "arch": arch,
+                                                     "seed": args.seed, "epochs": args.epochs,
+                                                     "save_dir": str(path.parent)})
 
 
 def ideal_command(args: argparse.Namespace, n: int) -> str:
-    return (f"python main_ideal.py --data {shlex.quote(args.data)} --dataset {args.dataset} --arch {args.arch} "
-            f"--seed {args.seed} --epochs {args.epochs} --class_to_replace {args.class_to_replace} "
-            f"--num_indexes_to_replace {n} --save_dir {shlex.quote(args.save_dir)}")
+    return utils.script_command("main_ideal.py", {
+        "data": args.data, "dataset": args.dataset, "arch": args.arch, "seed": args.seed, "epochs": args.epochs,
+        "class_to_replace": args.class_to_replace, "num_indexes_to_replace": n, "save_dir": args.save_dir})
 
 
 def find_ideal(args: argparse.Namespace, split, path: Path, command: str) -> tuple[Path | None, dict | None]:

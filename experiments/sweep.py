@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dataset import DATASETS
@@ -330,12 +330,28 @@ def report(results: Iterable[Result], name: str) -> int:
 # --------------------------------------------------------------------- Slurm
 @dataclass
 class SlurmOptions:
-    partition: str | None = None
-    gpus: int = 0  # GPUs per task
-    cpus: int = 2  # CPUs per task
-    time: str = "04:00:00"
-    max_parallel: int = 8  # the K of --array=1-N%K
-    mem: str | None = None
+    """What each task of a job array asks Slurm for. run_params.py's and benchmark.py's Slurm flags
+    are generated from these fields (`add_slurm_args`), with these defaults, in one place."""
+
+    partition: str | None = field(default=None, metadata={"help": "Slurm partition (default: the cluster's)"})
+    gpus: int = field(default=0, metadata={"help": "GPUs per task (default 0; --gpus 1 on a GPU partition)"})
+    cpus: int = field(default=2, metadata={"help": "CPUs per task (default 2)"})
+    time: str = field(default="04:00:00", metadata={"help": "time limit per task, HH:MM:SS (default 04:00:00)"})
+    max_parallel: int = field(default=8, metadata={"help": "tasks of an array running at once, the K of "
+                                                           "--array=1-N%K (default 8)"})
+    mem: str | None = field(default=None, metadata={"help": "memory per task, e.g. 16G (default: the cluster's)"})
+
+
+def add_slurm_args(group) -> None:
+    """One flag per SlurmOptions field, on an argparse group."""
+    for f in fields(SlurmOptions):
+        kind = int if f.type in ("int", int) else str
+        group.add_argument(f"--{f.name}", type=kind, default=f.default, help=f.metadata["help"].replace("%", "%%"))
+
+
+def slurm_options(args) -> SlurmOptions:
+    """The SlurmOptions of parsed flags (add_slurm_args')."""
+    return SlurmOptions(**{f.name: getattr(args, f.name) for f in fields(SlurmOptions)})
 
 
 def sbatch_script(params: Path, n_lines: int, opts: SlurmOptions, log_dir: Path, job_name: str,

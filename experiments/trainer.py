@@ -29,7 +29,9 @@ from utils import UserError
 def build_parser(doc: str) -> argparse.ArgumentParser:
     parser = utils.Parser(description=doc)
     utils.add_common_args(parser)
-    utils.add_train_args(parser)
+    g = parser.add_argument_group("training recipe (Unlearn-Sparse defaults)")
+    utils.add_train_args(g)
+    g.add_argument("--print_freq", type=int, default=50, help="kept for the papers' commands; unused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from the state it saved after its last epoch "
@@ -38,18 +40,19 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def validate_recipe(args: argparse.Namespace) -> None:
+def validate_recipe(recipe: dict, prefix: str = "") -> None:
+    """Refuse a training recipe (utils.train_recipe's) that cannot train; flags named with `prefix`."""
     for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
+        if recipe[name] < 1:
+            raise UserError(f"--{utils.train_dest(name, prefix)} must be at least 1, got {recipe[name]}")
+    if recipe["lr"] <= 0:
+        raise UserError(f"--lr must be positive, got {recipe['lr']}")
 
 
 def setup(args: argparse.Namespace):
     """Everything both scripts do before training: device, data, forget set, model."""
     utils.resolve_arch(args)
-    validate_recipe(args)
+    validate_recipe(utils.train_recipe(args))
     device = utils.device_for(args)
     utils.set_seed(args.seed)
     data = load_data(args.dataset, args.data, args.seed, args.num_classes, args.no_aug, args.subsample)

@@ -13,6 +13,7 @@ import torch
 from conftest import run_script
 
 import benchmark
+import utils
 from dataset import forget_indices, load_data
 from experiments import backdoor, sweep
 from experiments.backdoor import Trigger
@@ -100,7 +101,7 @@ def test_the_suggested_ideal_command_repeats_the_training_recipe(tmp_path):
     suggested = shlex.split(backdoor.own_command(args, ["--train_only", "ideal"]))
     again = backdoor.build_parser("").parse_args(suggested[2:])
     assert suggested[1] == "main_backdoor.py" and again.train_only == "ideal"
-    assert backdoor.train_recipe(again) == backdoor.train_recipe(args)
+    assert utils.train_recipe(again, backdoor.RECIPE_PREFIX) == utils.train_recipe(args, backdoor.RECIPE_PREFIX)
     assert backdoor.trigger_of(again) == backdoor.trigger_of(args)
 
 

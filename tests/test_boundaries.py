@@ -3,7 +3,6 @@ value refused is refused with the error that names the argument. A check off by 
 a bound left out) fails one of the two sides."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 
@@ -80,9 +79,12 @@ def test_unlearning_cli_boundaries(tmp_path, flag, accepted, refused):
     ("epochs", 1, 0), ("batch_size", 1, 0), ("lr", TINY, 0.0), ("lr", TINY, -TINY)])
 def test_training_recipe_boundaries(name, accepted, refused):
     recipe = {"epochs": 1, "batch_size": 1, "lr": 0.1}
-    trainer.validate_recipe(argparse.Namespace(**(recipe | {name: accepted})))
+    trainer.validate_recipe(recipe | {name: accepted})
     with pytest.raises(UserError, match=f"--{name} must be"):
-        trainer.validate_recipe(argparse.Namespace(**(recipe | {name: refused})))
+        trainer.validate_recipe(recipe | {name: refused})
+    prefixed = {"batch_size": "train_batch_size"}.get(name, name)  # --epochs and --lr keep their names
+    with pytest.raises(UserError, match=f"--{prefixed} must be"):  # main_backdoor.py's flag names
+        trainer.validate_recipe(recipe | {name: refused}, "train_")
 
 
 def test_subsample_boundaries(tmp_path):

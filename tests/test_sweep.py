@@ -3,6 +3,7 @@ concurrent logging to sqlite and to an MLflow server, and Slurm job arrays."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -228,3 +229,21 @@ def test_slurm_job_arrays_run_base_then_sweep(tmp_path):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), logs
     hashes = {line.hash for line in read_params(tmp_path / "params.txt")}
     assert {r.data.tags["command_hash"] for r in runs} == hashes
+
+
+def test_run_params_and_benchmark_offer_the_same_slurm_flags_with_one_set_of_defaults():
+    import dataclasses
+
+    from experiments.sweep import SlurmOptions
+
+    def slurm_help(script):
+        text = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                              check=True, env={**os.environ, "COLUMNS": "200"}).stdout
+        return [line.strip() for line in text.splitlines()
+                if any(line.strip().startswith(f"--{f.name} ") for f in dataclasses.fields(SlurmOptions))]
+
+    lines = slurm_help("run_params.py")
+    assert len(lines) == len(dataclasses.fields(SlurmOptions))
+    assert lines == slurm_help("benchmark.py")
+    assert any("--gpus GPUS" in line and "default 0" in line for line in lines)
+    assert any("--time TIME" in line and "default 04:00:00" in line for line in lines)

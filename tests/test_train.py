@@ -158,3 +158,23 @@ def test_bad_input_gives_one_line_error(tmp_path, args, message):
     assert message in proc.stderr.strip().splitlines()[-1]
     assert not list(tmp_path.rglob("*.pth.tar"))  # nothing trained, nothing written
     assert not (tmp_path / "out").exists() and not (tmp_path / "nodata").exists()  # no folder left behind
+
+
+def test_every_script_reads_the_training_recipe_from_one_table():
+    """main_baseline.py's --momentum... and main_backdoor.py's --train_momentum... are generated from
+    utils.TRAIN_FLAGS: same defaults, and a value given to either reaches the same recipe field."""
+    from experiments import backdoor, trainer
+    from utils import TRAIN_FLAGS, train_recipe
+
+    defaults = {name: default for name, (_, default, _) in TRAIN_FLAGS.items()}
+    base, bd = trainer.build_parser(""), backdoor.build_parser("")
+    assert train_recipe(base.parse_args([])) == defaults
+    assert train_recipe(bd.parse_args([]), backdoor.RECIPE_PREFIX) == defaults
+    given = {"lr": "0.05", "momentum": "0.5", "weight_decay": "0.001", "batch_size": "64", "decreasing_lr": "3,4",
+             "warmup": "1", "epochs": "7"}
+    expected = {"lr": 0.05, "momentum": 0.5, "weight_decay": 0.001, "batch_size": 64, "decreasing_lr": [3, 4],
+                "warmup": 1, "epochs": 7}
+    as_base = [w for k, v in given.items() for w in (f"--{k}", v)]
+    as_backdoor = [w for k, v in given.items() for w in (f"--{'' if k in ('lr', 'epochs') else 'train_'}{k}", v)]
+    assert train_recipe(base.parse_args(as_base)) == expected
+    assert train_recipe(bd.parse_args(as_backdoor), backdoor.RECIPE_PREFIX) == expected
