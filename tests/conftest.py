@@ -76,3 +76,52 @@ def digits_models(tmp_path_factory) -> dict:
             "original": save / f"1smallcnn_ep{EPOCHS}model_SA_best.pth.tar",
             "ideal_random": save / f"1smallcnn_ep{EPOCHS}_C-1_N100_ideal.pth.tar",
             "ideal_class": next(save.glob(f"1smallcnn_ep{EPOCHS}_C3_N*_ideal.pth.tar"))}
+
+
+def forget_cmd(models: dict, uri: str, *extra: str) -> list[str]:
+    """The papers' seed command, with digits in place of cifar10."""
+    return ["mlflow_forget.py", "--save_dir", str(models["save_dir"]), "--mask", str(models["original"]),
+            "--unlearn", "VarGrad", "--unlearn_epochs", "4", "--unlearn_lr", "0.0001", "--data", "./data",
+            "--dataset", "digits", "--seed", "1", "--arch", "smallcnn", "--epochs", str(EPOCHS),
+            "--num_indexes_to_replace", "100", "--beta", "0.9", "--quantile", "0.55", "--class_to_replace", "-1",
+            "--tracking_uri", uri, "--quiet", *extra]
+
+
+def only_run(uri: str, experiment: str = "digits"):
+    """The one run of `experiment` in the store at `uri`, and a client."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=uri)
+    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return c, runs[0]
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    """The digits data set (seed 0), in memory: the in-process tests' data."""
+    from dataset import load_data
+
+    return load_data("digits", "./data", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_smallcnn(digits_data):
+    """A smallcnn trained on all of digits' training set (FT, lr 0.1, 8 epochs, batches of 128, seed 0):
+    the original model of the in-process tests (test_engine, test_zoo), trained once per session.
+    Tests work on a copy (copy.deepcopy) and never change it."""
+    import torch
+
+    from models import create_model
+    from unlearn.impl import Recipe, run
+    from unlearn.methods.ft import FT
+
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 10, 1)
+    idx = digits_data.train_idx
+    run(model, digits_data, idx[:0], idx, FT(), recipe=Recipe(lr=0.1, epochs=8, batch_size=128), seed=0,
+        progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    yield model
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed, f"a test changed the shared digits_smallcnn ({changed[:3]}): work on a copy"

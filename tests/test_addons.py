@@ -178,3 +178,12 @@ def test_flat_addons_equal_their_per_parameter_form_bit_for_bit():
         assert all(torch.equal(k, r) for k, r in zip(keep, ref))
         assert all(torch.equal(x, o * r) for x, o, r in zip(d, g_obj, ref))
         assert 0 < sum(int(r.sum()) for r in ref) < sum(r.numel() for r in ref)
+
+
+def test_salun_keeps_exactly_one_coordinate_when_that_is_the_share():
+    """round((1 - q) n) = 1 keeps the single largest |score| (mutant: `n_keep > 1`)."""
+    scores = [torch.tensor([0.1, -3.0, 0.2]), torch.tensor([[0.5, -0.4]])]
+    keep = saliency_mask(scores, quantile=0.8)  # 5 coordinates, keep 1
+    assert [k.tolist() for k in keep] == [[False, True, False], [[False, False]]]
+    assert sum(int(k.sum()) for k in saliency_mask(scores, quantile=0.0)) == 5
+    assert sum(int(k.sum()) for k in saliency_mask(scores, quantile=0.95)) == 0

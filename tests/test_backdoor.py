@@ -14,11 +14,11 @@ from conftest import run_script
 
 import benchmark
 import utils
-from dataset import forget_indices, load_data
+from dataset import UserError, forget_indices, load_data
 from experiments import backdoor, sweep
 from experiments.backdoor import Trigger
 from models import create_model
-from utils import UserError, read_torch_file
+from utils import read_torch_file
 
 TRIGGER = ["--trigger_size", "2", "--trigger_margin", "0", "--trigger_pattern", "white"]
 
@@ -207,3 +207,19 @@ def test_backdoor_presets_generate_training_then_unlearning_lines(tmp_path):
         f.write_text("\n".join(base + params) + "\n")
         lines = sweep.read_params(f)  # every line parses with main_backdoor.py's parser
         assert [sweep.logs_to_mlflow(line) for line in lines] == [False] * 6 + [True] * len(params)
+
+
+@pytest.mark.parametrize("size, margin, side, ok", [
+    (1, 0, 8, True),      # the smallest trigger, in the corner
+    (0, 0, 8, False),     # no trigger
+    (1, -1, 8, False),    # outside the image
+    (6, 2, 8, True),      # size + margin == side: the trigger ends at the opposite edge
+    (7, 2, 8, False),     # one pixel too many
+])
+def test_trigger_boundaries(size, margin, side, ok):
+    trigger = Trigger(size=size, margin=margin)
+    if ok:
+        trigger.check(side, side)
+    else:
+        with pytest.raises(UserError, match="--trigger_size|does not fit"):
+            trigger.check(side, side)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
 
-from dataset import augment, forget_indices, forget_split, load_data, validation_split
-from utils import UserError
+from dataset import UserError, augment, forget_indices, forget_split, load_data, validation_split
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +157,48 @@ def test_tinyimagenet_folder_layout_is_read_and_cached(tmp_path):
     assert (root / "uint8_tensors.npz").is_file()
     again = load_data("tinyimagenet", tmp_path, seed=0, num_classes=2)
     assert torch.equal(again.x_train, data.x_train)
+
+
+def test_subsample_boundaries(tmp_path):
+    whole = len(load_data("digits", tmp_path, seed=0).y_train)
+    assert len(load_data("digits", tmp_path, seed=0, subsample=1.0).y_train) == whole
+    assert len(load_data("digits", tmp_path, seed=0, subsample=0.05).y_train) == pytest.approx(0.05 * whole, abs=10)
+    for share in (0.0, -0.5, 1.0 + 1e-9):
+        with pytest.raises(UserError, match=r"--subsample .*: give a share in \(0, 1\]"):
+            load_data("digits", tmp_path, seed=0, subsample=share)
+
+
+def test_class_and_size_boundaries_name_the_flag():
+    """--class_to_replace in [-1, num_classes), N in [1, pool] (random forgetting: pool - 1);
+    the sizes at the pool's edge are in test_data.test_forget_set_size_boundaries."""
+    from dataset import forget_indices
+
+    y = np.repeat(np.arange(10), 20)
+    train = np.arange(len(y))
+    for c in (-1, 9):
+        assert len(forget_indices(y, train, 0, c, 1, 10)[0]) == 1
+    for c in (-2, 10):
+        with pytest.raises(UserError, match=f"--class_to_replace {c} is outside"):
+            forget_indices(y, train, 0, c, 1, 10)
+    with pytest.raises(UserError, match="--num_indexes_to_replace 0: the forget set needs at least 1"):
+        forget_indices(y, train, 0, -1, 0, 10)
+
+
+def test_num_classes_boundary(tmp_path):
+    """digits' labels run to 9: --num_classes 10 is accepted, 9 refused with its own message."""
+    assert load_data("digits", tmp_path, seed=0, num_classes=10).num_classes == 10
+    with pytest.raises(UserError, match="--num_classes 9 is too small: digits has labels up to 9"):
+        load_data("digits", tmp_path, seed=0, num_classes=9)
+
+
+def test_the_forget_set_record_says_how_the_set_was_drawn(tmp_path):
+    data = load_data("digits", tmp_path, seed=2)
+    split = forget_split(data, 2, 5, 30)
+    forget = split.forget.numpy()
+    assert split.info == {
+        "dataset": "digits", "seed": 2, "class_to_replace": 5, "num_indexes_to_replace": 30, "mode": "subset",
+        "num_train": len(data.train_idx), "num_val": len(data.val_idx), "num_test": len(data.y_test),
+        "num_forget": 30, "num_retain": len(data.train_idx) - 30,
+        "forget_sha1": hashlib.sha1(forget.astype(np.int64).tobytes()).hexdigest()}
+    assert (data.y_train[split.forget] == 5).all()
+    assert forget_split(data, 2, -1, 30).info["mode"] == "random"

@@ -20,22 +20,14 @@ from unlearn.methods.ft import FT
 
 
 @pytest.fixture(scope="module")
-def digits():
-    torch.manual_seed(0)
-    data = load_data("digits", "./data", seed=0)
-    split = forget_split(data, seed=0, class_to_replace=-1, num_indexes=64)
-    return data, split
+def digits(digits_data):
+    return digits_data, forget_split(digits_data, seed=0, class_to_replace=-1, num_indexes=64)
 
 
 @pytest.fixture(scope="module")
-def trained(digits):
-    """A smallcnn trained for a few epochs on digits: the 'original' model of these tests."""
-    data, split = digits
-    torch.manual_seed(0)
-    model = create_model("smallcnn", 10, 1)
-    run(model, data, split.forget[:0], data.train_idx, FT(), recipe=Recipe(lr=0.1, epochs=8, batch_size=128),
-        progress=False)
-    return model
+def trained(digits_smallcnn):
+    """The session's smallcnn trained on digits (conftest): the 'original' model of these tests."""
+    return digits_smallcnn
 
 
 LOOP_METHODS = sorted(m for m, cls in METHODS.items() if cls.kind == "loop")
@@ -533,3 +525,21 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(digits):
     assert [r["epoch"] for r in history] == [1, 2]
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- loop plumbing
+def test_cycled_batches_come_from_their_own_set_and_size(tmp_path):
+    """Each (set, batch size) cycles on its own: a retain batch is drawn from D_R even after a
+    forget batch was drawn (mutant: one shared cycle for every key)."""
+    from unlearn.impl import _Stream
+
+    data = load_data("digits", tmp_path, seed=0)
+    forget, retain = data.train_idx[:6], data.train_idx[6:40]
+    stream = _Stream(data, forget, retain, 0, torch.device("cpu"))
+    train = data.normalise(data.x_train)  # digits has no augmentation: batches are rows of it
+    for name, idx, size in (("forget", forget, 4), ("retain", retain, 5), ("forget", forget, 2),
+                            ("retain", retain, 5)):
+        b = stream.cycled(name, size)
+        assert len(b.y) == size
+        rows = [int(torch.nonzero((train[idx] == x).flatten(1).all(1))[0]) for x in b.x]
+        assert torch.equal(b.y, data.y_train[idx][rows])  # each row one of the set's own

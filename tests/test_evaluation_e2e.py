@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 
 import pytest
-from conftest import run_in_process
+from conftest import forget_cmd, only_run, run_in_process
 from mlflow import MlflowClient
-from test_forget_cli import forget_cmd, only_run
 
 from dataset import forget_split, load_data
 from evaluation.closeness import rua_threshold

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -9,33 +10,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import EPOCHS, REPO, run_in_process, run_script
-from mlflow import MlflowClient
+from conftest import EPOCHS, REPO, forget_cmd, only_run, run_in_process, run_script
 
 import utils
-
-pytestmark = pytest.mark.slow
-
-
-def forget_cmd(models: dict, uri: str, *extra: str) -> list[str]:
-    """The papers' seed command, with digits in place of cifar10."""
-    return ["mlflow_forget.py", "--save_dir", str(models["save_dir"]), "--mask", str(models["original"]),
-            "--unlearn", "VarGrad", "--unlearn_epochs", "4", "--unlearn_lr", "0.0001", "--data", "./data",
-            "--dataset", "digits", "--seed", "1", "--arch", "smallcnn", "--epochs", str(EPOCHS),
-            "--num_indexes_to_replace", "100", "--beta", "0.9", "--quantile", "0.55", "--class_to_replace", "-1",
-            "--tracking_uri", uri, "--quiet", *extra]
+from dataset import UserError
+from experiments.forget import build_parser, find_ideal
 
 
-def only_run(uri: str, experiment: str = "digits"):
-    c = MlflowClient(tracking_uri=uri)
-    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
-    assert len(runs) == 1
-    return c, runs[0]
-
-
+@pytest.mark.slow
 def test_papers_command_logs_a_complete_run(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     proc = run_script(*forget_cmd(digits_models, uri))
@@ -60,6 +46,7 @@ def test_papers_command_logs_a_complete_run(digits_models, tmp_path):
     assert (tmp_path / "mlruns" / "artifacts").is_dir()
 
 
+@pytest.mark.slow
 def test_main_forget_is_the_same_run_without_mlflow(digits_models, tmp_path):
     """The same command through both scripts: the same metrics; main_forget.py's record holds what
     the MLflow run holds (parameters, tags, per-epoch history, status)."""
@@ -90,6 +77,7 @@ def test_main_forget_is_the_same_run_without_mlflow(digits_models, tmp_path):
     assert Path(record["tags"]["checkpoint"]).is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_the_run_killed_not_failed_and_the_sweep_reruns_it(digits_models, tmp_path, sig):
     """SIGTERM is Slurm's pre-emption and time-limit signal; SIGINT is Ctrl-C."""
@@ -112,6 +100,7 @@ def test_a_signal_ends_the_run_killed_not_failed_and_the_sweep_reruns_it(digits_
     assert r.data.tags["command_hash"] == line.hash and line.hash not in sweep.finished_hashes([line], uri)
 
 
+@pytest.mark.slow
 def test_default_store_is_sqlite_under_mlruns(digits_models, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = forget_cmd(digits_models, "x")[:-3]  # drop --tracking_uri and --quiet
@@ -122,6 +111,7 @@ def test_default_store_is_sqlite_under_mlruns(digits_models, tmp_path):
     assert r.info.run_name == "FT" and r.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_divergence_marks_run_failed(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     cmd = forget_cmd(digits_models, uri, "--unlearn", "GA", "--unlearn_lr", "1e6", "--unlearn_epochs", "30")
@@ -131,6 +121,7 @@ def test_divergence_marks_run_failed(digits_models, tmp_path):
     assert r.info.status == "FAILED" and "non-finite" in r.data.tags["failure_reason"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({"--mask": "{tmp}/nope.pth.tar"}, "not found; create it with: python main_baseline.py"),
     ({"--dataset": "mnist"}, "trained with dataset 'digits', but --dataset is 'mnist'"),
@@ -156,6 +147,7 @@ def test_bad_input(digits_models, tmp_path, change, message):
     assert message.replace("{tmp}", str(tmp_path)) in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "no_state_dict"])
 def test_a_damaged_checkpoint_is_named_with_how_to_make_it_again(digits_models, tmp_path, damage):
     bad = tmp_path / f"1smallcnn_ep{EPOCHS}model_SA_best.pth.tar"
@@ -174,6 +166,7 @@ def test_a_damaged_checkpoint_is_named_with_how_to_make_it_again(digits_models, 
     assert "make it again with: python main_baseline.py" in line and f"--save_dir {tmp_path}" in line
 
 
+@pytest.mark.slow
 def test_help_lists_registered_methods_and_addons():
     out = run_script("mlflow_forget.py", "--help").stdout
     for name in ("VarGrad", "SCRUB", "BadTeacher", "NegGrad+", "--msteps", "--beta", "--kd_T", "--bn_stats",
@@ -204,6 +197,7 @@ def _class_cmd(models: dict, uri: str, *extra: str) -> list[str]:
     return cmd
 
 
+@pytest.mark.slow
 def test_vargrad_beta0_half_and_mask_end_with_bit_identical_weights(digits_models, tmp_path):
     """The add-on is the only difference between the runs, so the batch streams must match."""
     paths = []
@@ -217,6 +211,7 @@ def test_vargrad_beta0_half_and_mask_end_with_bit_identical_weights(digits_model
     assert not all(torch.equal(a[k], _weights(digits_models["original"])[k]) for k in a)  # it did unlearn
 
 
+@pytest.mark.slow
 def test_frozen_weights_and_frozen_bn_stats_leave_the_model_bit_identical(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     run_in_process(*_class_cmd(digits_models, uri, "--quantile", "1", "--bn_stats", "freeze"))
@@ -226,6 +221,7 @@ def test_frozen_weights_and_frozen_bn_stats_leave_the_model_bit_identical(digits
     assert all(torch.equal(orig[k], after[k]) for k in orig)
 
 
+@pytest.mark.slow
 def test_evaluate_the_ideal_model_scores_exactly_ideal(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     proc = run_in_process(*_class_cmd(digits_models, uri, "--evaluate", str(digits_models["ideal_class"])))
@@ -240,12 +236,14 @@ def test_evaluate_the_ideal_model_scores_exactly_ideal(digits_models, tmp_path):
     assert "closer to ideal" in next(line for line in proc.stdout.splitlines() if line.startswith("loss_MIA_auc"))
 
 
+@pytest.mark.slow
 def test_random_forgetting_keeps_the_loss_attack_target_of_half(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     run_in_process(*forget_cmd(digits_models, uri, "--unlearn", "FT", "--unlearn_epochs", "1"))
     assert only_run(uri)[1].data.tags["polarity.loss_MIA_auc"] == "closer to 0.5"
 
 
+@pytest.mark.slow
 def test_badteacher_runs_its_published_recipe_by_default(digits_models, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     run_in_process(*_without(forget_cmd(digits_models, uri, "--unlearn", "BadTeacher"),
@@ -253,3 +251,80 @@ def test_badteacher_runs_its_published_recipe_by_default(digits_models, tmp_path
     p = only_run(uri)[1].data.params
     assert (p["recipe_optimizer"], p["recipe_lr"], p["recipe_epochs"], p["recipe_weight_decay"]) == \
         ("adam", "0.0001", "1", "0.0")
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(ideal=None, dataset="digits", arch="smallcnn", seed=1, class_to_replace=-1, data="./data", epochs=2,
+                save_dir="results")
+    return argparse.Namespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("flag, accepted, refused", [
+    ("--unlearn_epochs", "1", "0"),
+    ("--batch_size", "1", "0"),
+    ("--unlearn_lr", "1e-12", "0"),
+    ("--unlearn_lr", "1e-12", "-1e-12"),
+    ("--mia_svc_max", "10", "9"),
+])
+def test_unlearning_cli_boundaries(tmp_path, flag, accepted, refused):
+    """mlflow_forget.py checks these before it looks for the original model: the accepted value
+    gets as far as the missing checkpoint, the refused one stops at its own one-line error."""
+    common = ["--dataset", "digits", "--data", str(tmp_path), "--save_dir", str(tmp_path / "out"),
+              "--mask", str(tmp_path / "absent.pth.tar"), "--unlearn", "FT", "--quiet"]
+    ok = run_in_process("mlflow_forget.py", *common, flag, accepted, check=False)
+    assert ok.returncode == 2 and "absent.pth.tar not found" in ok.stderr, ok.stderr
+    bad = run_in_process("mlflow_forget.py", *common, flag, refused, check=False)
+    assert bad.returncode == 2 and flag in bad.stderr and "not found" not in bad.stderr, bad.stderr
+    assert not (tmp_path / "out").exists()  # nothing written by a refused run
+
+
+def test_unlearning_parser_types_and_choices(capsys):
+    """The papers' flags parse to typed values; an optimizer outside the choices is refused by the parser."""
+    parser = build_parser("doc")
+    args = parser.parse_args(["--warmup", "2", "--optimizer", "adam", "--unlearn_lr", "0.01", "--unlearn_epochs", "3",
+                              "--beta", "0.9", "--quantile", "0.55", "--class_to_replace", "-1"])
+    assert (args.warmup, args.optimizer, args.unlearn_lr, args.unlearn_epochs) == (2, "adam", 0.01, 3)
+    assert (args.beta, args.quantile, args.class_to_replace) == (0.9, 0.55, -1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--optimizer", "rmsprop"])
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_the_ideal_model_of_another_seed_or_forget_set_is_refused(tmp_path):
+    path = tmp_path / "ideal.pth.tar"
+    split = SimpleNamespace(info={"forget_sha1": "abc", "num_indexes_to_replace": 5})
+    torch.save({"state_dict": {}, "dataset": "digits", "arch": "smallcnn", "seed": 1,
+                "split": {"forget_sha1": "abc", "class_to_replace": -1, "num_indexes_to_replace": 5}}, path)
+    assert find_ideal(_args(), split, path, "make it")[0] == path
+    with pytest.raises(UserError, match="trained with seed 1, this run uses --seed 2"):
+        find_ideal(_args(seed=2), split, path, "make it")
+    other = SimpleNamespace(info={"forget_sha1": "def", "num_indexes_to_replace": 5})
+    with pytest.raises(UserError, match="another forget set"):
+        find_ideal(_args(), other, path, "make it")
+    with pytest.raises(UserError, match="--ideal .* not found; create it with: make it"):
+        find_ideal(_args(ideal=str(tmp_path / "missing.pth.tar")), split, path, "make it")
+    assert find_ideal(_args(), split, tmp_path / "absent.pth.tar", "make it") == (None, None)
+
+
+def test_the_ideal_model_of_another_data_set_or_architecture_is_refused(tmp_path, capsys):
+    """The ideal checkpoint is checked like the original: data set, architecture, and a forget-set
+    record (one without it is refused as another forget set, not a crash); the messages carry the
+    command that makes the right one and both forget sets."""
+    path = tmp_path / "ideal.pth.tar"
+    split = SimpleNamespace(info={"forget_sha1": "abc", "num_indexes_to_replace": 5})
+    record = {"forget_sha1": "xyz", "class_to_replace": 4, "num_indexes_to_replace": 9}
+    torch.save({"state_dict": {}, "dataset": "digits", "arch": "smallcnn", "seed": 1, "split": record}, path)
+    with pytest.raises(UserError, match="trained with dataset 'digits', but --dataset is 'fashionmnist'"):
+        find_ideal(_args(dataset="fashionmnist"), split, path, "make it")
+    with pytest.raises(UserError, match="trained with arch 'smallcnn', but --arch is 'resnet18'"):
+        find_ideal(_args(arch="resnet18"), split, path, "make it")
+    with pytest.raises(UserError, match=r"another forget set \(C=4, N=9\) than this run's \(C=-1, N=5\)"):
+        find_ideal(_args(), split, path, "make it")
+    torch.save({"state_dict": {}, "dataset": "digits", "arch": "smallcnn", "seed": 1}, path)
+    with pytest.raises(UserError, match=r"another forget set \(C=None, N=None\)"):
+        find_ideal(_args(), split, path, "make it")
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="make it again with: make it"):
+        find_ideal(_args(), split, path, "make it")
+    find_ideal(_args(), split, tmp_path / "absent.pth.tar", "python main_ideal.py ...")
+    assert "Avg. Gap need it: python main_ideal.py ..." in capsys.readouterr().out

@@ -5,6 +5,7 @@ set, a pass one epoch too long, or a term meant for the add-on leaking into the 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -482,3 +483,47 @@ def test_be_shadow_row_is_drawn_like_torchs_linear_init_from_the_run_generator_a
     assert torch.equal(model[1].weight, grown.weight[:2]) and torch.equal(model[1].bias, grown.bias[:2])
     bare = resized(nn.Linear(4, 2, bias=False), 3, torch.Generator().manual_seed(0))
     assert bare.bias is None and bare.out_features == 3  # a layer without a bias gains none
+
+
+TINY = 1e-12
+
+
+# ---------------------------------------------------------------- methods
+def test_kl_to_teacher_divides_by_the_given_n_and_by_one_for_a_single_row():
+    """The union passes divide by the size of both sets (n), not by the rows in hand; a single row
+    is divided by 1 (mutants: n ignored, max(len, 2))."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    by_hand = (F.softmax(t, 1) * (F.log_softmax(t, 1) - F.log_softmax(s, 1))).sum()
+    assert float(kl_to_teacher(s, t, n=7)) == pytest.approx(float(by_hand) / 7, rel=1e-5)
+    assert float(kl_to_teacher(s, t)) == pytest.approx(float(by_hand) / 3, rel=1e-5)
+    one = (F.softmax(t[:1], 1) * (F.log_softmax(t[:1], 1) - F.log_softmax(s[:1], 1))).sum()
+    assert float(kl_to_teacher(s[:1], t[:1])) == pytest.approx(float(one), rel=1e-5)
+    # the temperature is 1 unless given: T = 2 softens both sides and multiplies by 4
+    soft = (F.softmax(t / 2, 1) * (F.log_softmax(t / 2, 1) - F.log_softmax(s / 2, 1))).sum() * 4 / 3
+    assert float(kl_to_teacher(s, t, T=2.0)) == pytest.approx(float(soft), rel=1e-5)
+    assert float(kl_to_teacher(s, t, T=2.0)) != pytest.approx(float(kl_to_teacher(s, t)), rel=1e-3)
+
+
+@pytest.mark.parametrize("spec, name, accepted, refused", [
+    # VarGrad (Unlearn-Sparse's `--beta`, `--quantile`; warm-up needs two batches for a variance)
+    ("VarGrad", "beta", 0.0, 1.0),
+    ("VarGrad", "beta", math.nextafter(1.0, 0.0), -TINY),
+    ("VarGrad", "quantile", 1.0, 0.0),
+    ("VarGrad", "quantile", TINY, 1.0 + 1e-9),
+    ("VarGrad", "warmup_batches", 2, 1),
+    ("GA+SalUn", "quantile", 0.0, 1.0),
+    ("GA+SalUn", "quantile", math.nextafter(1.0, 0.0), -TINY),
+    ("FF", "alpha", TINY, 0.0),
+    ("BS", "epsilon", TINY, 0.0),
+    ("IU", "alpha", TINY, 0.0),
+    ("IU", "iu_samples", 2, 1),
+    ("SSD", "alpha", TINY, 0.0),
+    ("SSD", "dampening", TINY, 0.0),
+    ("LFSSD", "dampening", TINY, 0.0),
+])
+def test_hyperparameter_boundaries(spec, name, accepted, refused):
+    method, addon = make(spec, **{name: accepted})
+    assert getattr(method, name, None) == accepted or getattr(addon, name, None) == accepted
+    with pytest.raises(ValueError, match=f"--{name}"):
+        make(spec, **{name: refused})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 
 from models import MODELS, create_model, list_models
 
@@ -30,3 +31,21 @@ def test_imagenet_stem_on_64x64():
 def test_unknown_architecture_lists_choices():
     with pytest.raises(KeyError, match="resnet18"):
         create_model("alexnet", 10)
+
+
+def test_last_linear_finds_a_nested_classifier():
+    """The classifier inside a sub-module is returned with its own parent and attribute name, so
+    replacing it (BE, FF) replaces the right layer (mutants: the parent path mangled)."""
+    from unlearn.methods.common import accuracy, last_linear
+
+    head = nn.Linear(4, 3)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Sequential(nn.ReLU(), nn.Sequential(nn.Identity(), head)))
+    parent, name, layer = last_linear(model)  # "1.1.1": two levels down
+    assert parent is model[1][1] and name == "1" and layer is head
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    assert last_linear(flat)[0] is flat and last_linear(flat)[1] == "1"
+    with pytest.raises(ValueError, match="^Sequential has no nn.Linear layer"):
+        last_linear(nn.Sequential(nn.ReLU()))
+    # the per-batch accuracy the loop logs, in percent
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0], [1.0, 0.0]])
+    assert float(accuracy(logits, torch.tensor([0, 1, 1, 1]))) == 50.0

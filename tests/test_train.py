@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -10,11 +11,14 @@ import pytest
 import torch
 from conftest import EPOCHS, REPO, load_model, run_in_process, run_script
 
-from utils import UserError, load_checkpoint, read_torch_file
+from dataset import UserError, load_data
+from experiments import trainer
+from models import create_model
+from unlearn.impl import Recipe
+from utils import load_checkpoint, read_torch_file
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_original_model_is_accurate_and_records_its_making(digits_models):
     ckpt, _ = load_model(digits_models["original"], dataset="digits", arch="smallcnn")
     assert ckpt["accuracy"]["TA"] >= 90
@@ -27,6 +31,7 @@ def test_original_model_is_accurate_and_records_its_making(digits_models):
     assert record["forget_idx"] == ckpt["forget_idx"].tolist() and len(record["forget_idx"]) == 100
 
 
+@pytest.mark.slow
 def test_ideal_models_forget_accuracy(digits_models):
     rnd, _ = load_model(digits_models["ideal_random"])
     cls, _ = load_model(digits_models["ideal_class"])
@@ -40,6 +45,7 @@ def test_ideal_models_forget_accuracy(digits_models):
     assert cls["split"]["mode"] == "class"
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_dataset_or_arch_is_refused(digits_models):
     with pytest.raises(UserError, match="dataset 'digits', but --dataset is 'cifar10'"):
         load_checkpoint(digits_models["original"], dataset="cifar10")
@@ -47,6 +53,7 @@ def test_checkpoint_of_other_dataset_or_arch_is_refused(digits_models):
         load_checkpoint(digits_models["original"], arch="resnet18")
 
 
+@pytest.mark.slow
 def test_cpu_training_is_deterministic(tmp_path):
     args = ["--dataset", "digits", "--epochs", "2", "--seed", "5", "--quiet", "--class_to_replace", "3"]
     proc = run_script("main_baseline.py", *args, "--save_dir", str(tmp_path / "a"))
@@ -62,6 +69,7 @@ def test_cpu_training_is_deterministic(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_runs_training_the_same_model_at_once_train_it_once(tmp_path):
     """Two sweep lines that need the same original model: one trains it, the other waits and reuses it;
     each writer has its own temporary file, so neither can corrupt the other's."""
@@ -77,6 +85,7 @@ def test_two_runs_training_the_same_model_at_once_train_it_once(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_path):
     import signal
 
@@ -114,6 +123,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_pat
     assert read_torch_file(tmp_path / "cut" / name)["train_time_s"] == cut["train_time_s"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["damaged", "other recipe"])
 def test_a_bad_resumable_state_is_named_and_refused(tmp_path, state):
     path = tmp_path / "4smallcnn_ep3model_SA_best.resume.pt"
@@ -130,6 +140,7 @@ def test_a_bad_resumable_state_is_named_and_refused(tmp_path, state):
     assert not (tmp_path / "4smallcnn_ep3model_SA_best.pth.tar").exists()
 
 
+@pytest.mark.slow
 def test_resnet18_trains_on_digits(tmp_path):
     """The papers' command with --dataset digits in place of cifar10 and a smaller --epochs."""
     run_script("main_baseline.py", "--data", "./data", "--dataset", "digits", "--arch", "resnet18",
@@ -138,6 +149,7 @@ def test_resnet18_trains_on_digits(tmp_path):
     assert ckpt["num_classes"] == 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "cifar10", "--data", "{tmp}/nodata"], "place cifar-10-python.tar.gz"),
     (["--arch", "alexnet"], "invalid choice: 'alexnet' (choose from"),
@@ -178,3 +190,42 @@ def test_every_script_reads_the_training_recipe_from_one_table():
     as_backdoor = [w for k, v in given.items() for w in (f"--{'' if k in ('lr', 'epochs') else 'train_'}{k}", v)]
     assert train_recipe(base.parse_args(as_base)) == expected
     assert train_recipe(bd.parse_args(as_backdoor), backdoor.RECIPE_PREFIX) == expected
+
+
+TINY = 1e-12
+
+
+@pytest.mark.parametrize("name, accepted, refused", [
+    ("epochs", 1, 0), ("batch_size", 1, 0), ("lr", TINY, 0.0), ("lr", TINY, -TINY)])
+def test_training_recipe_boundaries(name, accepted, refused):
+    recipe = {"epochs": 1, "batch_size": 1, "lr": 0.1}
+    trainer.validate_recipe(recipe | {name: accepted})
+    with pytest.raises(UserError, match=f"--{name} must be"):
+        trainer.validate_recipe(recipe | {name: refused})
+    prefixed = {"batch_size": "train_batch_size"}.get(name, name)  # --epochs and --lr keep their names
+    with pytest.raises(UserError, match=f"--{prefixed} must be"):  # main_backdoor.py's flag names
+        trainer.validate_recipe(recipe | {name: refused}, "train_")
+
+
+def test_training_keeps_the_best_validation_epoch_not_the_last(monkeypatch):
+    """fit reloads the weights of the epoch whose validation accuracy was highest (the first of
+    equals), whatever came after: validation accuracies are scripted, the training is real."""
+    data = load_data("digits", "./data", 0)
+    snapshots, scripted = [], iter([40.0, 70.0, 55.0, 70.0, 20.0])
+
+    def logits_of(model, data, x):
+        snapshots.append(copy.deepcopy(model.state_dict()))
+        return torch.zeros(len(x), 10)
+
+    from unlearn import train as training
+
+    monkeypatch.setattr(training, "logits_of", logits_of)
+    monkeypatch.setattr(training, "accuracy", lambda logits, y: next(scripted))
+    torch.manual_seed(0)
+    model = create_model("smallcnn", 10, 1)
+    history, best, _ = trainer.fit(model, data, data.train_idx[:256], data.val_idx,
+                                   Recipe(lr=0.05, epochs=5, batch_size=64), seed=0, quiet=True, kind="test")
+    assert [r["val_acc"] for r in history] == [40.0, 70.0, 55.0, 70.0, 20.0] and best == 2
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], snapshots[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], snapshots[-1][k]) for k in kept if kept[k].is_floating_point())

@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from conftest import EPOCHS, run_in_process
 
-from dataset import forget_split, load_data
+from dataset import forget_split
 from evaluation.accuracy import accuracies, model_outputs
 from models import create_model
 from unlearn import ADDONS, METHODS, make
 from unlearn.impl import Diverged, Recipe, run
+from unlearn.methods import ssd as ssd_module
 from unlearn.methods.boundary_shrink import fgsm_neighbour_labels
-from unlearn.methods.common import weight_layers
+from unlearn.methods.common import Frozen, last_layers, weight_layers
 from unlearn.methods.ft import FT
-from unlearn.methods.ssd import dampening_factors
+from unlearn.methods.ssd import SSD, dampening_factors, importances
 from unlearn.oneshot import Sets, apply
 from utils import read_torch_file
 
@@ -27,8 +30,8 @@ ONE_SHOT = sorted(m for m, cls in METHODS.items() if cls.kind == "one-shot")
 
 
 @pytest.fixture(scope="module")
-def digits():
-    data = load_data("digits", "./data", seed=0)
+def digits(digits_data):
+    data = digits_data
     return data, {"class": forget_split(data, seed=0, class_to_replace=3, num_indexes=None),
                   "random": forget_split(data, seed=0, class_to_replace=-1, num_indexes=100)}
 
@@ -41,9 +44,10 @@ def _train(data, idx):
 
 
 @pytest.fixture(scope="module")
-def original(digits):
-    data, _ = digits
-    return _train(data, data.train_idx)
+def original(digits_smallcnn):
+    """The session's smallcnn trained on all of digits' training set (conftest; what _train(data,
+    data.train_idx) gives)."""
+    return digits_smallcnn
 
 
 def _acc(model, data, split) -> dict:
@@ -346,3 +350,79 @@ def test_one_shot_run_through_the_cli_logs_its_kind_and_warns_on_loop_flags(digi
     original = read_torch_file(digits_models["original"])["state_dict"]
     moved = sum((ckpt["state_dict"][k] != v).sum().item() for k, v in original.items() if v.is_floating_point())
     assert moved > 0
+
+
+def test_frozen_keeps_the_batch_norm_of_the_layers_that_train():
+    """CF-k/EU-k freeze all but the last layers: the batch norm inside a trained layer keeps
+    tracking its statistics, the others stop; undo gives everything back (mutants: owners empty,
+    `and` for `or`)."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 3), nn.BatchNorm2d(2))
+    conv1, bn1, conv2, bn2 = model
+    frozen = Frozen(model, [conv2, bn2])
+    assert not bn1.track_running_stats and bn2.track_running_stats
+    assert [p.requires_grad for p in model.parameters()] == [False] * 4 + [True] * 4
+    before = bn2.running_mean.clone()
+    model.train()(torch.randn(4, 1, 7, 7))
+    assert not torch.equal(bn2.running_mean, before)  # the trained layer's statistics move
+    frozen.undo()
+    assert bn1.track_running_stats is True and all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("spec", ["CF-k", "EU-k"])
+def test_k_error_names_the_method(spec):
+    """The --k error says which method refused it (mutant: the name dropped)."""
+    method, _ = make(spec, k=9)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=f"^{spec}: --k must be between 1 and 2"):
+        method.adapt(model, torch.Generator().manual_seed(0))
+
+
+def test_ssd_importances_are_the_mean_over_batches():
+    """I = mean over batches of the squared gradient (label-free: of |grad of mean ||f||^2|);
+    forget and train sets have different batch counts, so the divisor matters (mutant: n = 1)."""
+    w = nn.Parameter(torch.tensor([[1.0, -2.0]]))
+    model = lambda x: x @ w.T * torch.ones(1, 2)  # noqa: E731  (two identical logits)
+    batches = [SimpleNamespace(x=torch.tensor([[1.0, 0.0]]), y=torch.tensor([0])),
+               SimpleNamespace(x=torch.tensor([[0.0, 3.0], [2.0, 1.0]]), y=torch.tensor([1, 0]))]  # a mean over 2 rows
+    sets = SimpleNamespace(params=[w], batches=lambda name, size=None: iter(batches),
+                           grad=lambda loss: torch.autograd.grad(loss, [w]))
+    per_batch = []
+    for b in batches:
+        (g,) = torch.autograd.grad(F.cross_entropy(model(b.x), b.y), [w])
+        per_batch.append(g * g)
+    (got,) = importances(model, sets, "forget", label_free=False)
+    assert torch.allclose(got, (per_batch[0] + per_batch[1]) / 2)
+    free = []
+    for b in batches:
+        (g,) = torch.autograd.grad(model(b.x).pow(2).sum(1).mean(), [w])
+        free.append(g.abs())
+    (got,) = importances(model, sets, "forget", label_free=True)
+    assert torch.allclose(got, (free[0] + free[1]) / 2)
+
+
+def test_ssd_update_dampens_by_the_factors_of_forget_against_train_importances_and_logs_their_share(monkeypatch):
+    w = nn.Parameter(torch.tensor([2.0, -4.0, 1.0, 8.0]))
+    imp = {"forget": [torch.tensor([50.0, 1.0, 0.0, 40.0])], "train": [torch.tensor([1.0, 1.0, 1.0, 2.0])]}
+    seen = []
+
+    def fake_importances(model, sets, name, label_free, batch_size):
+        seen.append((name, label_free, batch_size))
+        return imp[name]
+
+    monkeypatch.setattr(ssd_module, "importances", fake_importances)
+    delta, figures = SSD(alpha=10.0, dampening=1.0).update(None, SimpleNamespace(params=[w]))
+    # I_F > 10 I_D on coordinates 0 (factor 1/50) and 3 (2/40); the others keep theirs
+    assert torch.allclose(w.detach() + delta[0], torch.tensor([2.0 / 50, -4.0, 1.0, 8.0 * 2 / 40]))
+    assert figures == {"dampened_share": 0.5}
+    assert seen == [("forget", False, 128), ("train", False, 128)]  # unconfigured: random forgetting's 128
+
+
+@pytest.mark.parametrize("spec", ["CF-k", "EU-k"])
+def test_k_boundaries(spec):
+    """--k counts weight layers from the top: 1 and all of them are accepted, 0 and one more refused."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 4), nn.Linear(4, 2))
+    assert len(last_layers(model, 1, spec)) == 1  # the last linear layer
+    assert len(last_layers(model, 3, spec)) == 4  # every layer, the batch norm with its convolution
+    for k in (0, 4):
+        with pytest.raises(ValueError, match=f"{spec}: --k must be between 1 and 3"):
+            last_layers(model, k, spec)
