@@ -49,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import speed_tables  # noqa: E402
 from dataset import TensorData, load_data  # noqa: E402
 from evaluation.accuracy import Outputs, accuracy, logits_of  # noqa: E402
 from evaluation.report import against_references, model_metrics  # noqa: E402
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["recommendation"] = recommendation(report)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(report["recommendation"])
-    print(f"figures -> {out}")
+    print(f"figures -> {out}, tables -> {speed_tables.write(out)}")
     return report
 
 

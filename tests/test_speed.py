@@ -14,6 +14,8 @@ def test_quick_mode_writes_every_section(tmp_path):
     report = speed.main(["--quick", "--out", str(out)])
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(report))
+    tables = out.with_suffix(".md").read_text()  # the tables, beside the JSON
+    assert "--quick: test sizes" in tables and all(f"## {t}" in tables for t, _ in speed.speed_tables.SECTIONS.values())
     assert set(speed.SECTIONS) <= set(written) and written["quick"] is True
     assert written["machine"]["device"] == "cpu" and written["machine"]["cpu_threads"] >= 1
     for shape in ("32x32x3", "28x28x1"):
@@ -75,3 +77,19 @@ def test_the_speed_script_recommends_what_it_measured_on_this_machine():
     assert "native bf16: no" in slow and "amp: 0.05-0.14x" in slow and "leave it off" in slow
     assert "channels_last: 1.01-1.01x" in slow and "mixed" in slow
     assert "--sections options" in recommendation({"machine": report((1, 1), 1, False)["machine"]})
+
+
+def test_the_tables_are_generated_from_the_json_and_say_where_they_were_measured(tmp_path):
+    """docs/speed/speed_cpu.md is this renderer's output for docs/speed/speed_cpu.json, not a pasted copy."""
+    from benchmarks import speed_tables
+
+    report = json.loads((speed_tables.Path(__file__).parents[1] / "docs/speed/speed_cpu.json").read_text())
+    text = speed_tables.markdown(report, "docs/speed/speed_cpu.json")
+    committed = (speed_tables.Path(__file__).parents[1] / "docs/speed/speed_cpu.md").read_text()
+    assert text == committed, "regenerate: python -m benchmarks.speed_tables docs/speed/speed_cpu.json"
+    assert report["machine"]["cpu"] in text and f"| GA | {report['addons']['GA']['Mask']['ratio_over_none']:.2f}x |" \
+        in text
+    report["addons"]["GA"]["Mask"]["ratio_over_none"] = 9.87
+    assert "| GA | 9.87x |" in speed_tables.markdown(report, "x")
+    (tmp_path / "r.json").write_text(json.dumps(report))
+    assert "9.87x" in speed_tables.write(tmp_path / "r.json").read_text()
