@@ -26,6 +26,7 @@ import pandas as pd
 import utils
 from evaluation.closeness import avg_gap
 from experiments import sweep, tracking
+from experiments.forget import audit_list
 from experiments.sweep import Grid
 from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
@@ -121,6 +122,7 @@ SHARES_MODELS_WITH = {"zoo": "digits-quick", "fashionmnist-zoo": "fashionmnist"}
 TABLE = ["UA", "RA", "TA", "MIA"]  # shown as mean +- std (gap to ideal)
 BACKDOOR_TABLE = ["ASR"]  # backdoor runs add the attack success rate
 EXTRA = ["rUA", "FID_forget", "avg_gap", "RTE"]
+AUDIT_TABLE = ["relearn_UA", "relearn_rounds", "probe_UA", "CKA_forget"]  # with --audits (audits/)
 
 
 def scenario_name(c: int | str, n: int | str | None) -> str:
@@ -165,8 +167,9 @@ def ideal_train_time(path: str | None) -> float:
 
 
 def metric_columns(runs: pd.DataFrame) -> list[str]:
-    """The tables' metrics: TABLE, and ASR where backdoor runs are summarised."""
-    return TABLE + (BACKDOOR_TABLE if "ASR" in runs or "ASR_mean" in runs else [])
+    """The tables' metrics: TABLE, ASR where backdoor runs are summarised, and the audits the runs made."""
+    return (TABLE + (BACKDOOR_TABLE if "ASR" in runs or "ASR_mean" in runs else [])
+            + [k for k in AUDIT_TABLE if k in runs or f"{k}_mean" in runs])
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -236,7 +239,13 @@ def markdown(scen: str, table: pd.DataFrame) -> str:
                  f"wall time (ideal: retraining time). Batch-norm running statistics during unlearning (`--bn_stats`): "
                  f"{', '.join(bn) or 'update'}."
                  + (" ASR: attack success rate, % of triggered test images of the other classes classified "
-                    "as the target (Original: the backdoored model)." if "ASR" in cols else ""))
+                    "as the target (Original: the backdoored model)." if "ASR" in cols else "")
+                 + (" Audits (docs/evaluation.md), each asked of every model with the same seed and budget: "
+                    "relearn_UA, UA after a short fine-tune on the retain set only; relearn_rounds, rounds of 500 "
+                    "samples (retain set plus a tenth of the forget set) until the other nine tenths are as "
+                    "accurate as under the original model (the cap: not reached); probe_UA, UA of a linear probe "
+                    "on the frozen features; CKA_forget, linear CKA to the ideal model's features on the forget "
+                    "set (1: the same)." if set(AUDIT_TABLE) & set(cols) else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -375,6 +384,9 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
                    help="run these methods (METHOD[+ADDON] or retrain) instead of the preset's, with the preset's "
                         "models, forget sets, seeds and lr (e.g. --preset fashionmnist-zoo --methods NegGrad+ SCRUB)")
+    p.add_argument("--audits", default=None, metavar="NAME[,NAME]",
+                   help="add these audits to every unlearning run (relearn, relearn_time, probe, cka; "
+                        "docs/evaluation.md) and their columns to the tables")
     p.add_argument("--tuned", type=Path, default=None, metavar="FILE",
                    help="also run the tuned values of tune.py's tuned.json (rows `METHOD (tuned)`); the file must "
                         "come from this preset's setting")
@@ -385,10 +397,12 @@ def main() -> None:
     if a.jobs is not None and a.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {a.jobs}")
     out = a.out or Path("benchmark_results") / a.preset
-    out.mkdir(parents=True, exist_ok=True)
     grid = copy.deepcopy(PRESETS[a.preset])
     if a.methods:
         grid.unlearn = checked_methods(a.methods)
+    if a.audits:
+        grid.extra = [*grid.extra, "--audits", ",".join(checked_audits(a.audits))]
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused command writes nothing
     models = out.parent / SHARES_MODELS_WITH[a.preset] if a.preset in SHARES_MODELS_WITH else out
     grid.data, grid.save_root = a.data, str(models / "checkpoints")
     tuned = read_tuned(a.tuned, grid) if a.tuned else None
@@ -396,6 +410,14 @@ def main() -> None:
     slurm = sweep.slurm_options(a) if a.slurm else None
     run_grid(grid, out, jobs=a.jobs or sweep.default_jobs(), quiet=a.quiet, tuned=tuned, made_by_command=command,
              report_only=a.report_only, slurm=slurm, name=a.preset)
+
+
+def checked_audits(text: str) -> list[str]:
+    """--audits, checked as mlflow_forget.py checks it (one line naming the bad one)."""
+    try:
+        return audit_list(text)
+    except Exception as e:
+        raise UserError(f"--audits: {e}") from None
 
 
 def checked_methods(specs: list[str]) -> list[str]:

@@ -81,7 +81,8 @@ def against_references(out: Outputs, mine: dict, original: dict | None, ideal: d
 def summary_table(unlearned: dict, original: dict | None, ideal: dict | None, name: str = "unlearned",
                   polarities: dict[str, str] = POLARITY) -> str:
     """One screen: original / unlearned / ideal side by side, with each metric's polarity."""
-    keys = ["UA", "RA", "TA", "VA", "TA_forgotten_class", "ASR", "MIA", "MIA_entropy", "loss_MIA_auc"]
+    keys = ["UA", "RA", "TA", "VA", "TA_forgotten_class", "ASR", "MIA", "MIA_entropy", "loss_MIA_auc",
+            "relearn_UA", "relearn_rounds", "probe_UA", "CKA_forget"]  # the last four: with --audits
     keys = [k for k in keys if k in unlearned]
 
     def cell(d, k):

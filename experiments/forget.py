@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 import utils
+from audits import AUDITS, AuditBudget, run_audits
+from audits import POLARITY as AUDIT_POLARITY
 from dataset import forget_split, load_data
 from evaluation.accuracy import model_outputs
 from evaluation.report import against_references, model_metrics, polarity, summary_table
 from experiments import trainer
-from experiments.references import reference
+from experiments.references import audited, reference
 from experiments.tracking import FileRun, Run
 from models import create_model
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name, unlearn
@@ -82,12 +84,26 @@ def build_parser(doc: str, original: str = "the original model (main_baseline.py
                    help="train the SVC attack on at most N members and N non-members, a seeded subsample "
                         "(default: all test samples and as many retain samples, as published; its cost grows "
                         "with N^2; the fashionmnist preset uses 2000)")
+    g = parser.add_argument_group("audits: is it gone or only hidden? Each is also asked of the original and ideal "
+                                  "models (cached beside them); docs/evaluation.md")
+    g.add_argument("--audits", type=audit_list, default=[], metavar="NAME[,NAME]",
+                   help=f"comma-separated, from {', '.join(AUDITS)} (default none)")
+    for f in dataclasses.fields(AuditBudget):
+        g.add_argument(f"--audit_{f.name}", type=type(f.default), default=f.default, help=f.metadata["help"])
     g = parser.add_argument_group("tracking")
     g.add_argument("--tracking_uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)")
     g.add_argument("--experiment", default=None, help="MLflow experiment (default: the data set's name)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def audit_list(text: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in AUDITS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown audit {', '.join(unknown)}; choose from {', '.join(AUDITS)}")
+    return list(dict.fromkeys(names))
 
 
 def _all_fields(registry: dict) -> dict[str, list]:
@@ -284,6 +300,9 @@ def resolve(args: argparse.Namespace, scenario: Forgetting) -> Plan:
         check_sets(method, addon, len(split.forget), len(split.retain))
     except ValueError as e:
         raise UserError(str(e)) from None
+    if "relearn_time" in args.audits and len(split.forget) * (1 - args.audit_time_share) < 1:
+        raise UserError(f"--audits relearn_time: a forget set of {len(split.forget)} leaves nothing to score on "
+                        f"after --audit_time_share {args.audit_time_share}; lower the share or drop the audit")
     evaluated, spec = _evaluated(args, ckpt), spec_name(method_name, addon_name)
     recipe = _recipe(args, method, kind, path, ckpt)
     ideal_path, ideal_ckpt = scenario.ideal(args, split)
@@ -429,14 +448,36 @@ def score(args: argparse.Namespace, plan: Plan, scenario: Forgetting, model, rte
     build_o = plan.build(plan.ckpt)
     ref_o, _ = reference(plan.path, build_o, data, split, forgotten, args.seed, svc)
     ref_o = ref_o | scenario.extra_metrics(build_o(), data)
-    ref_i, out_i = None, None
+    ref_i, out_i, build_i = None, None, None
     if plan.ideal_path:
         build_i = plan.build(plan.ideal_ckpt)
         ref_i, out_i = reference(plan.ideal_path, build_i, data, split, forgotten, args.seed, svc)
         ref_i = ref_i | scenario.extra_metrics(build_i(), data)
     metrics.update(against_references(out_u, metrics, ref_o, ref_i, out_i))
     metrics.update(RTE=rte, eval_time=time.perf_counter() - t1)
-    return Scores(metrics, ref_o, ref_i, polarity(split.is_class_forgetting))
+    polarities = polarity(split.is_class_forgetting)
+    if args.audits:
+        t2 = time.perf_counter()
+        mine, of_original, of_ideal = audit(args, plan, model, build_o, build_i)
+        metrics.update(mine, audit_time=time.perf_counter() - t2)
+        ref_o, ref_i = ref_o | of_original, None if ref_i is None else ref_i | of_ideal
+        polarities |= AUDIT_POLARITY | {"audit_time": "lower"}
+    return Scores(metrics, ref_o, ref_i, polarities)
+
+
+def audit(args: argparse.Namespace, plan: Plan, model, build_o, build_i) -> tuple[dict, dict, dict | None]:
+    """The --audits of the unlearned model and, cached beside them, of the original and ideal models,
+    all with this run's seed and budget; the unlearned model's gaps to the ideal model's values."""
+    budget = AuditBudget(**{f.name: getattr(args, f"audit_{f.name}") for f in dataclasses.fields(AuditBudget)})
+    context = {"original": (plan.path, build_o)} | ({"ideal": (plan.ideal_path, build_i)} if build_i else {})
+    common = (plan.data, plan.split, args.audits, args.seed, budget, context)
+    mine = run_audits(args.audits, model, plan.data, plan.split, args.seed, budget,
+                      **{k: build() for k, (_, build) in context.items()})
+    of_original = audited(plan.path, build_o, *common)
+    of_ideal = audited(plan.ideal_path, build_i, *common) if build_i else None
+    if of_ideal is not None:
+        mine |= {f"{k}_gap": abs(mine[k] - of_ideal[k]) for k in mine if f"{k}_gap" in AUDIT_POLARITY and k in of_ideal}
+    return mine, of_original, of_ideal
 
 
 # ------------------------------------------------------------------- 4. record it

@@ -4,6 +4,7 @@ and locks: the application layer's side of evaluation/report.py.
 
     ref_o, _ = reference(original_path, build_original, data, split, forgotten)       # cached
     ref_i, ideal_out = reference(ideal_path, build_ideal, data, split, forgotten)     # cached, with logits
+    audits_i = audited(ideal_path, build_ideal, data, split, ["probe"], seed, budget, context)   # cached
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 import torch
 
 import utils
+from audits import AuditBudget, run_audits
 from evaluation.accuracy import Outputs, model_outputs
 from evaluation.report import model_metrics
 
 EVAL_VERSION = 2  # bump when a metric's definition changes: cached figures are then recomputed
+AUDIT_VERSION = 1  # the same, for the audits (audits/)
 
 
 def _fingerprint(path: Path, split_info: dict, forgotten: int | None, svc_max: int | None) -> str:
@@ -35,26 +38,62 @@ def reference(path: Path, build_model, data, split, forgotten: int | None, seed:
     metric version), so a sweep of many runs evaluates each reference once."""
     key = _fingerprint(path, split.info, forgotten, svc_max)
     cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.eval_{key}.pt")
-    try:
-        with utils.exclusive(cache):  # of runs starting together, one evaluates and the others read its cache
-            return _cached_reference(cache, build_model, data, split, forgotten, seed, svc_max)
-    except OSError:  # a read-only folder of references: no lock, no cache; computed here
-        return _cached_reference(cache, build_model, data, split, forgotten, seed, svc_max)
+    return _cached_reference(cache, build_model, data, split, forgotten, seed, svc_max)
 
 
 def _cached_reference(cache: Path, build_model, data, split, forgotten, seed, svc_max):
+    def compute() -> dict:
+        out = model_outputs(build_model(), data, split.forget, split.retain, forgotten)
+        return {"metrics": model_metrics(out, seed, svc_max), "outputs": vars(out)}
+
+    saved = cached(cache, compute)
+    return saved["metrics"], Outputs(**saved["outputs"])
+
+
+def audited(path: Path, build_model, data, split, names: list[str], seed: int, budget: AuditBudget,
+            context: dict[str, tuple[Path, object]]) -> dict[str, float]:
+    """The audits `names` of a reference checkpoint, cached beside it as its metrics are: keyed by the
+    checkpoint, the forget set, the audits, their budget, the seed and the checkpoints the audits
+    read (`context`: name -> (path, build), passed to the audits as models: original, ideal)."""
+    others = "|".join(f"{k}={_stat(p)}" for k, (p, _) in sorted(context.items()))
+    key = f"{AUDIT_VERSION}|{_stat(path)}|{split.info['forget_sha1']}|{sorted(names)}|{budget}|{seed}|{others}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.audit_{digest}.pt")
+
+    def compute() -> dict:
+        models = {k: build() for k, (_, build) in context.items()}
+        return run_audits(names, build_model(), data, split, seed, budget, **models)
+
+    return cached(cache, compute)
+
+
+def _stat(path: Path) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def cached(cache: Path, compute) -> dict:
+    """`compute()`'s dict, read from the file `cache` when it holds one, else computed and written there
+    atomically. Of runs asking at once, one computes while the others wait and read; a damaged file is
+    recomputed; a read-only folder computes without caching."""
+    try:
+        with utils.exclusive(cache):
+            return _read_or_compute(cache, compute)
+    except OSError:  # a read-only folder of references: no lock, no cache; computed here
+        return _read_or_compute(cache, compute)
+
+
+def _read_or_compute(cache: Path, compute) -> dict:
     if cache.is_file():
         try:
-            saved = utils.read_torch_file(cache)
-            return saved["metrics"], Outputs(**saved["outputs"])
+            return utils.read_torch_file(cache)
         except Exception:  # a damaged cache is recomputed
             pass
-    out = model_outputs(build_model(), data, split.forget, split.retain, forgotten)
-    metrics = model_metrics(out, seed, svc_max)
+    value = compute()
     tmp = utils.temporary_name(cache)
     try:
-        torch.save({"metrics": metrics, "outputs": vars(out)}, tmp)
+        torch.save(value, tmp)
         os.replace(tmp, cache)
     except OSError:  # a read-only folder of references: fine, just not cached
         tmp.unlink(missing_ok=True)
-    return metrics, out
+    return value
