@@ -26,6 +26,7 @@ for workers on a shared disk); a rerun continues each study where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import multiprocessing
@@ -37,6 +38,7 @@ import benchmark
 import utils
 from benchmark import scenario_name
 from experiments import sweep, tracking
+from experiments.forget import check_ideal
 from experiments.sweep import Grid
 from unlearn import parse_unlearn, spec_name
 from utils import UserError, run_main
@@ -127,7 +129,7 @@ def recover_stale(study) -> int:
 
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params)
     return len(stale)
 
@@ -160,9 +162,7 @@ class Pilot:
         ideal_path = utils.ideal_checkpoint_path(save_dir, seed, arch, epochs, c,
                                                  self.split.info["num_indexes_to_replace"])
         ideal_ckpt = utils.load_checkpoint(ideal_path, dataset=d, arch=arch)
-        if (ideal_ckpt.get("split") or {}).get("forget_sha1") != self.split.info["forget_sha1"]:
-            raise UserError(f"pilot ideal model {ideal_path} was retrained on another forget set; remove it and "
-                            f"rerun tune.py to retrain it")
+        check_ideal(ideal_path, ideal_ckpt, seed, self.split, "remove it and rerun tune.py to retrain it")
 
         def build(c_: dict):
             net = create_model(c_["arch"], c_["num_classes"], data.in_channels, c_.get("imagenet_arch", False))
@@ -192,7 +192,23 @@ def run_trial(pilot: Pilot, spec: str, values: dict, on_epoch_end=None):
     return model
 
 
-def objective_for(pilot: Pilot, spec: str, space: dict, uri: str | None, experiment: str, study: str):
+class Surplus(Exception):
+    """A trial started after the study's budget was already taken by other workers' trials."""
+
+
+def surplus(trial, budget: int) -> bool:
+    """Whether `budget` trials numbered before this one are complete, pruned or running. Trial numbers
+    are handed out one at a time by the storage, so of workers racing for the last places exactly the
+    budget's first trials run, however the workers interleave (a failed trial frees its place)."""
+    from optuna.trial import TrialState
+
+    taken = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                            TrialState.RUNNING))
+    return sum(t.number < trial.number for t in taken) >= budget
+
+
+def objective_for(pilot: Pilot, spec: str, space: dict, uri: str | None, experiment: str, study: str,
+                  budget: int):
     """The function Optuna calls per trial: unlearn in-process with the suggested values, return the gap."""
     import optuna
 
@@ -200,6 +216,10 @@ def objective_for(pilot: Pilot, spec: str, space: dict, uri: str | None, experim
     from unlearn.search import suggest
 
     def objective(trial) -> float:
+        if surplus(trial, budget):  # workers racing past the budget: this one does not run, nor count
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise Surplus(f"trial {trial.number}: {budget} trials are done or running")
         values = suggest(trial, space)
         run = tracking.Run(uri, experiment, f"{spec} trial {trial.number}",
                            {"study": study, "trial": trial.number, "kind": "tune-trial"}) if uri else None
@@ -297,7 +317,8 @@ def fill(job: Job, progress: bool) -> None:
     if left <= 0:
         return
     pilot = pilot_of(job)
-    objective = objective_for(pilot, job.spec, job.space, job.uri, f"tune-{job.grid.datasets[0]}", name)
+    objective = objective_for(pilot, job.spec, job.space, job.uri, f"tune-{job.grid.datasets[0]}", name,
+                              job.trials)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -312,7 +333,7 @@ def fill(job: Job, progress: bool) -> None:
             bar.refresh()
 
     study.optimize(objective, n_trials=left, callbacks=[MaxTrialsCallback(job.trials, states=counted), show],
-                   catch=())
+                   catch=(Surplus,))
     if bar is not None:
         bar.close()
 
@@ -355,7 +376,7 @@ def freeze(jobs: list[Job], path: Path, preset: str, made_by: str) -> dict:
     for job in jobs:
         study = optuna.load_study(study_name=study_name(job.c, job.n, job.spec),
                                   storage=make_storage(job.storage_url, job.out))
-        trials = study.get_trials(deepcopy=False)
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
         count = {s.name.lower(): sum(t.state == s for t in trials)
                  for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -434,7 +455,43 @@ def build_parser() -> utils.Parser:
     p.add_argument("--search_only", action="store_true", help="search and write tuned.json; no report")
     p.add_argument("--no_mlflow", action="store_true", help="do not log each trial to MLflow")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("Slurm (submit the pilot's trainings and a job array of search workers sharing the "
+                             "studies through a journal file; then rerun without --slurm to freeze and report)")
+    g.add_argument("--slurm", action="store_true", help="submit instead of searching here")
+    g.add_argument("--workers", type=int, default=4, help="search workers, the tasks of the array (default 4)")
+    g.add_argument("--dry_run", action="store_true", help="with --slurm: write the sbatch scripts, submit nothing")
+    g.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one task of that array
+    sweep.add_slurm_args(g)
     return p
+
+
+def search_argv(a, out: Path) -> list[str]:
+    """This run's search settings as tune.py arguments, with absolute paths: what every Slurm worker
+    runs, and what the run after them repeats to freeze and report."""
+    argv = ["--preset", a.preset, "--out", str(out.resolve()), "--data", str(Path(a.data).resolve()),
+            "--storage", a.storage]
+    argv += ["--methods", *a.methods] if a.methods else []
+    argv += ["--trials", str(a.trials)] if a.trials is not None else []
+    argv += ["--pilot_seed", str(a.pilot_seed)] if a.pilot_seed is not None else []
+    argv += [w for r in a.range for w in ("--range", r)]
+    return argv + (["--no_mlflow"] if a.no_mlflow else [])
+
+
+def submit_search(a, out: Path, uri: str | None) -> None:
+    """The pilot's trainings as one job array, then `--workers` search workers depending on it."""
+    opts = sweep.slurm_options(a)
+    base = out / "pilot_base_params.txt"
+    ((_, pilot_job),) = sweep.submit_files([(base, sweep.read_params(base))], opts, out / "logs", uri,
+                                           dry_run=a.dry_run)
+    log_dir = out / "logs" / "search"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    script = out / "search.sbatch"
+    argv = [str(utils.REPO / "tune.py"), *search_argv(a, out), "--quiet", "--worker"]
+    script.write_text(sweep.array_script(argv, a.workers, opts, log_dir, f"tune-{a.preset}"))
+    job = None if a.dry_run else sweep.submit(script, pilot_job)
+    print(f"{script}: {'not submitted' if job is None else f'submitted job {job}'}, {a.workers} search workers"
+          + (f" after job {pilot_job}" if pilot_job else ""))
+    print("when the workers are done: python tune.py " + " ".join(search_argv(a, out)))
 
 
 def jobs_of(a, preset: TunePreset, grid: Grid, out: Path, uri: str | None) -> list[Job]:
@@ -457,8 +514,8 @@ def jobs_of(a, preset: TunePreset, grid: Grid, out: Path, uri: str | None) -> li
     unknown = set(overrides) - {k for s in spaces.values() for k in s}
     if unknown:
         raise UserError(f"--range {', '.join(sorted(unknown))}: no method of this run searches it")
-    svc_max = int(grid.extra[grid.extra.index("--mia_svc_max") + 1]) if "--mia_svc_max" in grid.extra else None
-    subsample = float(grid.extra[grid.extra.index("--subsample") + 1]) if "--subsample" in grid.extra else 1.0
+    svc_max, subsample = sweep.flag_value(grid.extra, "--mia_svc_max"), sweep.flag_value(grid.extra, "--subsample")
+    svc_max, subsample = None if svc_max is None else int(svc_max), 1.0 if subsample is None else float(subsample)
     trials, pilot = a.trials or preset.trials, a.pilot_seed if a.pilot_seed is not None else preset.pilot_seed
     storage_url = a.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     return [Job(grid, c, n, spec, spaces[spec],
@@ -472,8 +529,8 @@ def main() -> None:
     preset = PRESETS[a.preset]
     if a.trials is not None and a.trials < 1:
         raise UserError(f"--trials must be at least 1, got {a.trials}")
-    if a.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {a.jobs}")
+    if a.jobs < 1 or a.workers < 1:
+        raise UserError(f"--jobs and --workers must be at least 1, got {a.jobs} and {a.workers}")
     grid = copy.deepcopy(benchmark.PRESETS[preset.report])
     if a.methods:
         grid.unlearn = [spec_name(*parse_unlearn(s)) for s in benchmark.checked_methods(a.methods)]
@@ -482,11 +539,16 @@ def main() -> None:
         raise UserError(f"--pilot_seed {pilot} is also a reporting seed ({', '.join(map(str, grid.seeds))}): "
                         f"the search must not see the models it is judged on; pick another")
     out = a.out or Path("tune_results") / a.preset
+    if (a.slurm or a.worker) and a.storage is None:  # workers on several nodes share a journal file
+        a.storage = f"journal:{(out / 'study.journal').resolve()}"
     grid.data, grid.save_root = a.data, str(out / "checkpoints")
     uri = None if a.no_mlflow else f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
     jobs = jobs_of(a, preset, grid, out, uri)  # bad ranges and methods fail before anything is written
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if a.worker:  # one task of a Slurm array of search workers: the pilot's models are trained
+        search(jobs, 1, progress=False)
+        return
 
     # the studies first: one started for another setting stops the run before anything trains
     storage = make_storage(a.storage, out)
@@ -499,6 +561,9 @@ def main() -> None:
     pilot_grid = dataclasses.replace(grid, seeds=[pilot], unlearn=[])
     base, _ = sweep.generate(pilot_grid)
     (out / "pilot_base_params.txt").write_text("\n".join(base) + "\n")
+    if a.slurm:
+        submit_search(a, out, uri)
+        return
     res = sweep.run_local(sweep.read_params(out / "pilot_base_params.txt"), sweep.default_jobs(),
                           out / "logs" / "pilot", uri, progress=not a.quiet)
     if sweep.report(res, "pilot models"):

@@ -152,17 +152,23 @@ def find_ideal(args: argparse.Namespace, split, path: Path, command: str) -> tup
         print(f"note: no ideal model at {path}; rUA, FID, KL and Avg. Gap need it: {command}")
         return None, None
     ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch, made_by=command)
-    if ckpt.get("seed") != args.seed:
+    n = split.info["num_indexes_to_replace"]
+    check_ideal(path, ckpt, args.seed, split, f"pass the ideal model of this forget set, or make it with: "
+                                              f"{ideal_command(args, n)}")
+    return path, ckpt
+
+
+def check_ideal(path: Path, ckpt: dict, seed: int, split, remedy: str) -> None:
+    """Refuse an ideal model of another seed or forget set (`remedy`: what the user should do)."""
+    if ckpt.get("seed") != seed:
         raise UserError(f"ideal model {path} was trained with seed {ckpt.get('seed')}, this run uses --seed "
-                        f"{args.seed}: pass the ideal model of the same seed")
+                        f"{seed}: pass the ideal model of the same seed")
     theirs = ckpt.get("split", {})
     if theirs.get("forget_sha1") != split.info["forget_sha1"]:
-        n = split.info["num_indexes_to_replace"]
         raise UserError(f"ideal model {path} was retrained without another forget set (C="
                         f"{theirs.get('class_to_replace')}, N={theirs.get('num_indexes_to_replace')}) than this "
-                        f"run's (C={args.class_to_replace}, N={n}): pass the ideal model of this forget set, or "
-                        f"make it with: {ideal_command(args, n)}")
-    return path, ckpt
+                        f"run's (C={split.info['class_to_replace']}, N={split.info['num_indexes_to_replace']}): "
+                        f"{remedy}")
 
 
 class Forgetting:

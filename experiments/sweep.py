@@ -209,7 +209,7 @@ def finished_hashes(lines: list[Line], tracking_uri: str | None) -> set[str]:
         db = tracking.sqlite_path(uri)
         if db is None or db.is_file():
             done |= set(tracking.frame(uri, None, FINISHED)["command_hash"].dropna())
-    dirs = {Path(_value(line.argv, "--save_dir") or "./results") for line in lines
+    dirs = {Path(flag_value(line.argv, "--save_dir") or "./results") for line in lines
             if line.argv[0] != "mlflow_forget.py"}
     for d in dirs:
         for record in d.glob("*.forget.json"):
@@ -226,7 +226,8 @@ def logs_to_mlflow(line: Line) -> bool:
                                                    and "--train_only" not in line.argv)
 
 
-def _value(argv: list[str], flag: str) -> str | None:
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value following `flag` in an argument list, or None."""
     return argv[argv.index(flag) + 1] if flag in argv and argv.index(flag) + 1 < len(argv) else None
 
 
@@ -358,7 +359,18 @@ def sbatch_script(params: Path, n_lines: int, opts: SlurmOptions, log_dir: Path,
                   tracking_uri: str | None) -> str:
     """A job-array script whose task i runs line i of `params` (through run_params.py, so
     that a finished line is skipped)."""
-    head = [f"#SBATCH --job-name={job_name}", f"#SBATCH --array=1-{n_lines}%{opts.max_parallel}",
+    uri = tracking.resolve_uri(tracking_uri)
+    if tracking.sqlite_path(uri) is not None and not tracking.sqlite_path(uri).is_absolute():
+        uri = f"sqlite:///{tracking.sqlite_path(uri).resolve()}"
+    return array_script([str(REPO / "run_params.py"), str(params.resolve()), "--line", "$SLURM_ARRAY_TASK_ID"],
+                        n_lines, opts, log_dir, job_name, {"MLFLOW_TRACKING_URI": uri})
+
+
+def array_script(argv: list[str], n_tasks: int, opts: SlurmOptions, log_dir: Path, job_name: str,
+                 env: dict[str, str] | None = None) -> str:
+    """A job array of `n_tasks` tasks, each running `python ARGV...` from this folder with OMP_NUM_THREADS
+    set to its CPUs ($SLURM_ARRAY_TASK_ID in argv is left for the shell to expand)."""
+    head = [f"#SBATCH --job-name={job_name}", f"#SBATCH --array=1-{n_tasks}%{opts.max_parallel}",
             f"#SBATCH --output={log_dir.resolve()}/%x_%A_%a.log", f"#SBATCH --time={opts.time}",
             f"#SBATCH --cpus-per-task={opts.cpus}"]
     if opts.partition:
@@ -367,13 +379,11 @@ def sbatch_script(params: Path, n_lines: int, opts: SlurmOptions, log_dir: Path,
         head.append(f"#SBATCH --gres=gpu:{opts.gpus}")
     if opts.mem:
         head.append(f"#SBATCH --mem={opts.mem}")
-    uri = tracking.resolve_uri(tracking_uri)
-    if tracking.sqlite_path(uri) is not None and not tracking.sqlite_path(uri).is_absolute():
-        uri = f"sqlite:///{tracking.sqlite_path(uri).resolve()}"
-    body = [f"cd {shlex.quote(str(Path.cwd()))}", f"export MLFLOW_TRACKING_URI={shlex.quote(uri)}",
+    words = ['"$SLURM_ARRAY_TASK_ID"' if w == "$SLURM_ARRAY_TASK_ID" else shlex.quote(w) for w in argv]
+    body = [f"cd {shlex.quote(str(Path.cwd()))}",
+            *[f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()],
             f"export OMP_NUM_THREADS={opts.cpus}",
-            f"exec {shlex.quote(sys.executable)} -u {shlex.quote(str(REPO / 'run_params.py'))} "
-            f"{shlex.quote(str(params.resolve()))} --line \"$SLURM_ARRAY_TASK_ID\""]
+            f"exec {shlex.quote(sys.executable)} -u {' '.join(words)}"]
     return "\n".join(["#!/bin/bash", *head, "", *body]) + "\n"
 
 

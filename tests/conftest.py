@@ -125,3 +125,39 @@ def digits_smallcnn(digits_data):
     yield model
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
     assert not changed, f"a test changed the shared digits_smallcnn ({changed[:3]}): work on a copy"
+
+
+def slurm_up() -> bool:
+    """A Slurm cluster answers here (scripts/slurm_localhost.sh starts one)."""
+    import shutil
+
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and any(s.strip().startswith(("idle", "mixed", "alloc")) for s in out.stdout.split())
+
+
+def wait_for_jobs(jobs: list[str], limit: float = 600) -> None:
+    """Wait until the Slurm jobs leave the queue; fail the test, showing the queue, after `limit` s."""
+    import time
+
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True).stdout
+        if not q.strip():
+            return
+        time.sleep(2)
+    queue = subprocess.run(["squeue", "-o", "%i %T %M %l %R"], capture_output=True, text=True).stdout
+    pytest.fail(f"Slurm jobs {jobs} did not finish in {limit:.0f} s; the queue:\n{queue}")
+
+
+def need_slurm() -> None:
+    """Skip the test, saying how to get one, where no Slurm cluster answers."""
+    if not slurm_up():
+        pytest.skip("Slurm is not running here: start a one-node cluster with scripts/slurm_localhost.sh "
+                    "(root, Debian packages); .ci/run does")
+
+
+def submitted_jobs(stdout: str) -> list[str]:
+    """The job ids a --slurm run printed (`... submitted job ID, ...`)."""
+    return [line.split("submitted job ")[1].split(",")[0] for line in stdout.splitlines() if "submitted job" in line]

@@ -6,12 +6,14 @@ import csv
 
 import pandas as pd
 import pytest
-from conftest import run_script
+from conftest import need_slurm, run_script, submitted_jobs, wait_for_jobs
 
 from benchmark import PRESET_NOTES, PRESETS, aggregate, markdown
+from dataset import SYSTEM_FOLDERS
 from experiments.sweep import generate
 
 pytestmark = pytest.mark.slow
+FASHION = SYSTEM_FOLDERS["fashionmnist"]  # Debian's dataset-fashion-mnist
 
 
 def test_presets_generate_valid_lines():
@@ -64,15 +66,11 @@ def test_aggregate_mean_std_and_gap():
 
 
 def test_benchmark_on_slurm_then_report_only(tmp_path):
-    from test_sweep import slurm_up, wait_for_jobs
-
-    if not slurm_up():
-        pytest.skip("Slurm is not running here: start a one-node cluster with scripts/slurm_localhost.sh "
-                    "(root, Debian packages); .ci/run does")
+    need_slurm()
     out = tmp_path / "bench"
     proc = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--slurm", "--gpus", "0",
                       "--time", "00:20:00")
-    jobs = [line.split("submitted job ")[1].split(",")[0] for line in proc.stdout.splitlines() if "submitted" in line]
+    jobs = submitted_jobs(proc.stdout)
     assert len(jobs) == 2 and "--report_only" in proc.stdout
     wait_for_jobs(jobs)
     report = run_script("benchmark.py", "--preset", "digits-test", "--out", str(out), "--report_only")
@@ -80,8 +78,6 @@ def test_benchmark_on_slurm_then_report_only(tmp_path):
 
 
 def test_fashionmnist_test_preset_runs_on_the_real_files(tmp_path):
-    from test_fashion_mnist import FASHION
-
     if not FASHION.is_dir():
         pytest.skip(f"Fashion-MNIST is not installed in {FASHION}: `apt-get install dataset-fashion-mnist` "
                     "(.ci/run does)")

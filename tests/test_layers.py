@@ -83,3 +83,11 @@ def test_the_root_holds_scripts_and_only_the_two_library_modules_the_papers_name
     assert modules == {"dataset", "utils"}
     packages = {p.parent.name for p in REPO.glob("*/__init__.py")}
     assert packages == set(ALLOWED) - {"dataset", "utils"}
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers and fixtures live in tests/conftest.py."""
+    tests = {p.stem for p in (REPO / "tests").glob("test_*.py")}
+    bad = [f"{p.name}:{line} imports {name}" for p in sorted((REPO / "tests").glob("test_*.py"))
+           for line, name in imports_of(p) if name in tests]
+    assert bad == []

@@ -4,7 +4,6 @@ concurrent logging to sqlite and to an MLflow server, and Slurm job arrays."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import EPOCHS, REPO, run_script
+from conftest import EPOCHS, REPO, need_slurm, run_script, submitted_jobs, wait_for_jobs
 from mlflow import MlflowClient
 
 from array_param_file import default_grid
@@ -189,29 +188,9 @@ def test_eight_concurrent_runs_on_an_mlflow_server(digits_models, tmp_path):
         server.wait(timeout=30)
 
 
-def slurm_up() -> bool:
-    if not shutil.which("sbatch") or not shutil.which("sinfo"):
-        return False
-    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-    return out.returncode == 0 and any(s.strip().startswith(("idle", "mixed", "alloc")) for s in out.stdout.split())
-
-
-def wait_for_jobs(jobs: list[str], limit: float = 600) -> None:
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        q = subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True).stdout
-        if not q.strip():
-            return
-        time.sleep(2)
-    queue = subprocess.run(["squeue", "-o", "%i %T %M %l %R"], capture_output=True, text=True).stdout
-    pytest.fail(f"Slurm jobs {jobs} did not finish in {limit:.0f} s; the queue:\n{queue}")
-
-
 @pytest.mark.slow
 def test_slurm_job_arrays_run_base_then_sweep(tmp_path):
-    if not slurm_up():
-        pytest.skip("Slurm is not running here: start a one-node cluster with scripts/slurm_localhost.sh "
-                    "(root, Debian packages); .ci/run does")
+    need_slurm()
     run_script("array_param_file.py", "--out_dir", str(tmp_path), "--seeds", "4", "--forget", "5",
                "--unlearn", "GA+VarGrad", "FT", "--unlearn_lr", "0.01", "--unlearn_epochs", "2", "--epochs", "5",
                "--save_root", str(tmp_path / "results"), "--hp", "quantile=0.55")
@@ -219,7 +198,7 @@ def test_slurm_job_arrays_run_base_then_sweep(tmp_path):
     proc = run_script("run_params.py", str(tmp_path / "base_params.txt"), str(tmp_path / "params.txt"), "--slurm",
                       "--tracking_uri", uri, "--cpus", "1", "--max_parallel", "2", "--time", "00:20:00",
                       "--log_dir", str(tmp_path / "logs"))
-    jobs = [line.split("submitted job ")[1].split(",")[0] for line in proc.stdout.splitlines() if "submitted" in line]
+    jobs = submitted_jobs(proc.stdout)
     assert len(jobs) == 2
     script = (tmp_path / "params.sbatch").read_text()
     assert "#SBATCH --array=1-2%2" in script and "--line \"$SLURM_ARRAY_TASK_ID\"" in script

@@ -13,7 +13,7 @@ import urllib.request
 import optuna
 import pytest
 import torch
-from conftest import REPO, run_in_process, run_script
+from conftest import REPO, need_slurm, run_in_process, run_script, submitted_jobs, wait_for_jobs
 
 import tune
 import utils
@@ -217,3 +217,56 @@ def test_the_dashboard_serves_the_study(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------------------- Slurm
+def test_slurm_mode_writes_the_pilot_array_and_a_worker_array_on_a_journal(tmp_path):
+    out = tmp_path / "t"
+    proc = run_in_process("tune.py", "--preset", "digits-tune-test", "--out", str(out), "--slurm", "--dry_run",
+                          "--workers", "3", "--cpus", "1", "--time", "00:30:00", "--trials", "2")
+    search = (out / "search.sbatch").read_text()
+    assert "#SBATCH --array=1-3%8" in search and "#SBATCH --cpus-per-task=1" in search
+    assert "#SBATCH --time=00:30:00" in search and "export OMP_NUM_THREADS=1" in search
+    journal = f"journal:{(out / 'study.journal').resolve()}"
+    assert f"--storage {journal}" in search and search.rstrip().endswith("--quiet --worker")
+    assert "--trials 2" in search and f"--out {out.resolve()}" in search
+    assert "--line \"$SLURM_ARRAY_TASK_ID\"" in (out / "pilot_base_params.sbatch").read_text()
+    assert len((out / "pilot_base_params.txt").read_text().splitlines()) == 2  # the pilot's original and ideal
+    assert not (out / "checkpoints").exists()  # nothing trained here
+    # the studies are in the journal, and the command that freezes and reports reads them
+    follow = next(line for line in proc.stdout.splitlines() if line.startswith("when the workers are done"))
+    assert f"--storage {journal}" in follow and "--worker" not in follow
+    names = optuna.get_all_study_names(tune.make_storage(journal, out))
+    assert sorted(names) == ["class 3 | GA", "class 3 | GA+VarGrad"]
+
+
+@pytest.mark.slow
+def test_slurm_workers_fill_one_study_together_then_it_freezes_here(tmp_path):
+    need_slurm()
+    out = tmp_path / "t"
+    proc = run_script("tune.py", "--preset", "digits-tune-test", "--out", str(out), "--slurm", "--workers", "2",
+                      "--cpus", "1", "--time", "00:20:00", "--trials", "3", "--no_mlflow", "--methods", "GA")
+    jobs = submitted_jobs(proc.stdout)
+    assert len(jobs) == 2
+    wait_for_jobs(jobs, limit=900)
+    journal = f"journal:{(out / 'study.journal').resolve()}"
+    study = optuna.load_study(study_name="class 3 | GA", storage=tune.make_storage(journal, out))
+    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    logs = "\n".join(p.read_text()[-400:] for p in (out / "logs").rglob("*.log"))
+    assert [t.number for t in done] == [0, 1, 2], logs  # two workers, exactly the budget's first three trials
+    assert all(t.user_attrs.get("surplus") for t in study.trials if t.number > 2)  # a racer stood down
+    assert not any(t.state.name == "RUNNING" for t in study.trials)
+    follow = run_script("tune.py", "--preset", "digits-tune-test", "--out", str(out), "--storage", journal,
+                        "--trials", "3", "--no_mlflow", "--methods", "GA", "--search_only", "--quiet")
+    assert "search:" in follow.stdout
+    assert json.loads((out / "tuned.json").read_text())["scenarios"]["class 3"]["methods"]["GA"]["best"]
+
+
+def test_workers_racing_past_the_budget_run_exactly_its_first_trials(tmp_path):
+    storage = tune.make_storage(None, tmp_path)
+    study = tune.open_study(storage, "s", {"method": "GA"}, pilot_seed=0)
+    first = [study.ask() for _ in range(3)]  # three workers each started a trial
+    late = study.ask()  # a fourth started one before any finished
+    assert [tune.surplus(t, 3) for t in first] == [False, False, False] and tune.surplus(late, 3)
+    study.tell(first[1], state=optuna.trial.TrialState.FAIL)  # a failed trial frees its place
+    assert not tune.surplus(late, 3)
