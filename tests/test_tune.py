@@ -270,3 +270,15 @@ def test_workers_racing_past_the_budget_run_exactly_its_first_trials(tmp_path):
     assert [tune.surplus(t, 3) for t in first] == [False, False, False] and tune.surplus(late, 3)
     study.tell(first[1], state=optuna.trial.TrialState.FAIL)  # a failed trial frees its place
     assert not tune.surplus(late, 3)
+
+
+@pytest.mark.slow
+def test_the_trial_speed_benchmark_times_the_same_trials_both_ways():
+    from benchmarks import trial_speed
+
+    a, b = trial_speed.draws("GA+VarGrad", 3, 2), trial_speed.draws("GA+VarGrad", 3, 2)
+    assert a == b and len({tuple(sorted(v.items())) for v in a}) == 3  # seeded, distinct
+    assert trial_speed.script_flags({"lr": 0.01, "epochs": 2, "beta": 0.5}) == [
+        "--unlearn_lr", "0.01", "--unlearn_epochs", "2", "--beta", "0.5"]
+    found = trial_speed.main(["--trials", "1"])
+    assert found["in_process_s"] > 0 and found["ratio"] == found["per_process_s"] / found["in_process_s"]
