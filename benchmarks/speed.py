@@ -55,7 +55,7 @@ from evaluation.accuracy import Outputs, accuracy, logits_of  # noqa: E402
 from evaluation.report import against_references, model_metrics  # noqa: E402
 from models import create_model  # noqa: E402
 from unlearn import ADDONS, METHODS, make  # noqa: E402
-from unlearn.impl import Recipe, _batches, run, sync  # noqa: E402
+from unlearn.impl import Recipe, run, shuffled_batches, sync  # noqa: E402
 from utils import SPEED_DEFAULTS, cpu_info, pick_device  # noqa: E402
 
 SECTIONS = ("data", "epoch", "options", "addons", "eval")
@@ -118,7 +118,7 @@ def timed(device, fn, *args) -> float:
 # ----------------------------------------------------------------------------- data
 def our_epoch_of_batches(data: TensorData, batch: int, seed: int = 0) -> None:
     gen = torch.Generator(device=data.x_train.device).manual_seed(seed)
-    for idx in _batches(torch.arange(len(data.y_train), device=data.x_train.device), batch, gen):
+    for idx in shuffled_batches(torch.arange(len(data.y_train), device=data.x_train.device), batch, gen):
         data.batch(idx, train=True, generator=gen)
 
 

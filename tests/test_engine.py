@@ -334,12 +334,12 @@ def test_an_addons_own_terms_move_no_batch_norm_statistics(digits, trained, spec
 
 def test_vargrad_warmup_leaves_model_state_untouched(digits, trained):
     from unlearn.addons.vargrad import VarGrad
-    from unlearn.impl import _Gradients, _Stream
+    from unlearn.impl import Gradients, Stream
     data, split = digits
     model = copy.deepcopy(trained).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    stream = _Stream(data, split.forget, split.retain, 0, torch.device("cpu"))
-    VarGrad(warmup_batches=3).prepare(_Gradients(model, stream, 16))
+    stream = Stream(data, split.forget, split.retain, 0, torch.device("cpu"))
+    VarGrad(warmup_batches=3).prepare(Gradients(model, stream, 16))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -500,11 +500,11 @@ def test_speed_options_resolve_to_the_device_defaults_and_keep_what_was_given():
 
 
 def test_a_recipes_adam_uses_its_momentum_as_beta1_and_torchs_beta2():
-    from unlearn.impl import _Stepper
+    from unlearn.impl import Stepper
     q = torch.tensor([1.0, -2.0, 0.5])
     ref = torch.nn.Parameter(q.clone())
     opt = torch.optim.Adam([ref], lr=0.1, betas=(0.7, 0.999), weight_decay=0.01)
-    stepper = _Stepper([q], Recipe(optimizer="adam", momentum=0.7, weight_decay=0.01))
+    stepper = Stepper([q], Recipe(optimizer="adam", momentum=0.7, weight_decay=0.01))
     for g in ([0.3, -0.1, 0.0], [0.2, 0.4, -1.0], [-0.5, 0.1, 0.2], [0.1, 0.1, 0.1]):
         stepper.step([torch.tensor(g)], None, 0.1)
         ref.grad = torch.tensor(g)
@@ -531,11 +531,11 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(digits):
 def test_cycled_batches_come_from_their_own_set_and_size(tmp_path):
     """Each (set, batch size) cycles on its own: a retain batch is drawn from D_R even after a
     forget batch was drawn (mutant: one shared cycle for every key)."""
-    from unlearn.impl import _Stream
+    from unlearn.impl import Stream
 
     data = load_data("digits", tmp_path, seed=0)
     forget, retain = data.train_idx[:6], data.train_idx[6:40]
-    stream = _Stream(data, forget, retain, 0, torch.device("cpu"))
+    stream = Stream(data, forget, retain, 0, torch.device("cpu"))
     train = data.normalise(data.x_train)  # digits has no augmentation: batches are rows of it
     for name, idx, size in (("forget", forget, 4), ("retain", retain, 5), ("forget", forget, 2),
                             ("retain", retain, 5)):

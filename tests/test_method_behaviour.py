@@ -17,7 +17,7 @@ from evaluation.closeness import relative_ua
 from unlearn import make
 from unlearn.addons.mask import sign_agreement
 from unlearn.addons.salun import SalUn
-from unlearn.impl import Recipe, _batches, _Gradients, _Stream, run
+from unlearn.impl import Gradients, Recipe, Stream, run, shuffled_batches
 from unlearn.methods import fisher as fisher_module
 from unlearn.methods import influence as influence_module
 from unlearn.methods.bad_teacher import BadTeacher
@@ -172,7 +172,7 @@ def test_forget_gradient_sum_is_the_eval_mode_sum_over_the_whole_forget_set():
     data, forget, retain = _tiny_data(10, 6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
     model.train()
-    src = _Gradients(model, _Stream(data, forget, retain, 0, torch.device("cpu")), batch_size=4)
+    src = Gradients(model, Stream(data, forget, retain, 0, torch.device("cpu")), batch_size=4)
     got = src.forget_grad_sum()
     assert model.training  # the mode it was in
     model.eval()
@@ -186,7 +186,7 @@ def test_add_on_warm_up_leaves_weights_batch_norm_state_and_mode_untouched():
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
     model.train()
     before = copy.deepcopy(model.state_dict())
-    src = _Gradients(model, _Stream(data, forget, retain, 0, torch.device("cpu")), batch_size=8)
+    src = Gradients(model, Stream(data, forget, retain, 0, torch.device("cpu")), batch_size=8)
     grads = list(src.retain_grads(3))
     assert len(grads) == 3 and model.training
     for k, v in model.state_dict().items():
@@ -202,7 +202,7 @@ def test_the_loops_batches_are_augmented_and_its_statistics_are_not():
     data.x_train[:] = 255  # every stored image is the same: an unaugmented batch is all one value
     stored = data.normalise(data.x_train[:1])
     p = make("NegGrad+")[0].passes(0)[0]  # a pass over D_F that cycles D_R
-    stream = _Stream(data, forget, retain, 0, torch.device("cpu"))
+    stream = Stream(data, forget, retain, 0, torch.device("cpu"))
     (chunk, flags), *_ = stream.walk(p, 4)
     drawn = stream.draw(p, chunk, flags, 4)
     for name in ("forget", "retain"):
@@ -213,7 +213,7 @@ def test_the_loops_batches_are_augmented_and_its_statistics_are_not():
 
     def images(seed):
         torch.manual_seed(seed)  # the global stream must not matter
-        s = _Stream(data, forget, retain, 7, torch.device("cpu"))
+        s = Stream(data, forget, retain, 7, torch.device("cpu"))
         steps = [s.draw(p, c, f, 4) for c, f in s.walk(p, 4)]
         return torch.cat([b[n].x for b in steps for n in ("forget", "retain")])
 
@@ -272,7 +272,7 @@ def test_neggrad_plus_steps_along_both_terms_with_and_without_mask():
 @pytest.mark.parametrize("n,size,lengths", [(9, 4, [4, 5]), (8, 4, [4, 4]), (1, 4, [2]), (4, 4, [4]),
                                             (5, 4, [5]), (10, 3, [3, 3, 4])])
 def test_batches_cover_every_index_once_and_never_leave_a_batch_of_one(n, size, lengths):
-    chunks = _batches(torch.arange(n) + 100, size, torch.Generator().manual_seed(0))
+    chunks = shuffled_batches(torch.arange(n) + 100, size, torch.Generator().manual_seed(0))
     assert sorted(len(c) for c in chunks) == sorted(lengths)
     got = torch.cat(chunks).tolist()
     assert sorted(got) == ([100, 100] if n == 1 else list(range(100, 100 + n)))

@@ -13,7 +13,7 @@ from torch import nn
 from dataset import TensorData
 from models import create_model
 from unlearn import METHODS, make
-from unlearn.impl import Recipe, _Stream, recipe_for, run
+from unlearn.impl import Recipe, Stream, recipe_for, run
 from unlearn.methods.common import Pass, Setting, last_linear, weight_layers
 
 UNAUGMENTED = {"SCRUB", "NegGrad+", "CF-k", "EU-k", "BadTeacher"}  # their sources' loaders do not augment
@@ -56,7 +56,7 @@ def test_each_method_augments_as_its_source_and_the_stream_obeys(name):
     assert recipe.augment == (name not in UNAUGMENTED), name
     data = _images(20, size=8)
     idx = torch.arange(20)
-    stream = _Stream(data, idx[:5], idx[5:], 0, torch.device("cpu"), recipe.augment)
+    stream = Stream(data, idx[:5], idx[5:], 0, torch.device("cpu"), recipe.augment)
     x = stream.draw(Pass("retain", ("retain",)), idx[5:13], None, 8)["retain"].x
     stored = data.batch(idx[5:13], train=False)[0]
     assert torch.equal(x, stored) == (not recipe.augment), name

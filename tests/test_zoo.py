@@ -179,9 +179,9 @@ def test_one_shot_mask_keeps_exactly_the_coordinates_where_the_update_agrees_wit
     full, _ = _unlearn("IU", original, data, split)
     masked, record = _unlearn("IU+Mask", original, data, split)
     # the retain gradient the add-on saw: one batch of the companion stream, as apply() draws it
-    from unlearn.impl import COMPANION_STREAM, _Gradients, _Stream
+    from unlearn.impl import COMPANION_STREAM, Gradients, Stream
     net = copy.deepcopy(original).train()
-    g_c = next(_Gradients(net, _Stream(data, split.forget, split.retain, COMPANION_STREAM, torch.device("cpu")),
+    g_c = next(Gradients(net, Stream(data, split.forget, split.retain, COMPANION_STREAM, torch.device("cpu")),
                           256).retain_grads(1))
     for p0, pf, pm, g in zip(original.parameters(), full.parameters(), masked.parameters(), g_c):
         delta = (pf - p0).detach()
@@ -199,12 +199,12 @@ def test_one_shot_vargrad_warms_up_on_the_prepare_stream_and_judges_by_the_compa
     masked, record = _unlearn("SSD+VarGrad", original, data, split, alpha=2.0)
     # what apply() should have done: VarGrad's warm-up on the prepare stream and one companion retain batch,
     # both in train mode from the original weights (seed 0, as _unlearn passes it)
-    from unlearn.impl import COMPANION_STREAM, PREPARE_STREAM, _Gradients, _Stream
+    from unlearn.impl import COMPANION_STREAM, PREPARE_STREAM, Gradients, Stream
     cpu = torch.device("cpu")
     net = copy.deepcopy(original).train()
     _, addon = make("SSD+VarGrad", alpha=2.0)
-    addon.prepare(_Gradients(net, _Stream(data, split.forget, split.retain, PREPARE_STREAM, cpu), 256))
-    g_c = next(_Gradients(net, _Stream(data, split.forget, split.retain, COMPANION_STREAM, cpu), 256).retain_grads(1))
+    addon.prepare(Gradients(net, Stream(data, split.forget, split.retain, PREPARE_STREAM, cpu), 256))
+    g_c = next(Gradients(net, Stream(data, split.forget, split.retain, COMPANION_STREAM, cpu), 256).retain_grads(1))
     step = [(p0 - pf).detach() for p0, pf in zip(original.parameters(), full.parameters())]
     _, keep = addon.direction(step, g_c, [s.clone() for s in step])
     for p0, pf, pm, k in zip(original.parameters(), full.parameters(), masked.parameters(), keep):

@@ -177,7 +177,7 @@ def adam_step(params: list[Tensor], d: Grads, keep: list[Tensor] | None, state: 
     return k if keep is not None else None
 
 
-class _Stepper:
+class Stepper:
     """The optimizer state of one run (SGD momentum buffers or Adam moments)."""
 
     def __init__(self, params: list[Tensor], recipe: Recipe):
@@ -207,7 +207,7 @@ class _Stepper:
 
 
 # -------------------------------------------------------------------- batches
-def _batches(idx: Tensor, size: int, gen: torch.Generator) -> list[Tensor]:
+def shuffled_batches(idx: Tensor, size: int, gen: torch.Generator) -> list[Tensor]:
     """A shuffled pass over `idx` in batches; a last batch of one sample joins the one before
     (batch norm cannot train on one sample), and a set of one sample is doubled."""
     if len(idx) == 1:
@@ -227,11 +227,11 @@ class _Cycle:
 
     def __next__(self) -> Tensor:
         if not self.queue:
-            self.queue = _batches(self.idx, self.size, self.gen)
+            self.queue = shuffled_batches(self.idx, self.size, self.gen)
         return self.queue.pop(0)
 
 
-class _Stream:
+class Stream:
     """One random stream: a generator, and cycled batches of D_F and D_R drawn from it."""
 
     def __init__(self, data, forget: Tensor, retain: Tensor, seed: int, device: torch.device, augment: bool = True):
@@ -251,10 +251,10 @@ class _Stream:
     def walk(self, p: Pass, size: int) -> list[tuple[Tensor, Tensor | None]]:
         """The batches of one pass: (indices, is-forget flags for a union pass, else None)."""
         if p.over != "union":
-            return [(c, None) for c in _batches(self.sets[p.over], size, self.gen)]
+            return [(c, None) for c in shuffled_batches(self.sets[p.over], size, self.gen)]
         union = torch.cat([self.sets["forget"], self.sets["retain"]])
         flags = torch.arange(len(union), device=union.device) < len(self.sets["forget"])
-        order = _batches(torch.arange(len(union), device=union.device), size, self.gen)
+        order = shuffled_batches(torch.arange(len(union), device=union.device), size, self.gen)
         return [(union[o], flags[o]) for o in order]
 
     def draw(self, p: Pass, chunk: Tensor, flags: Tensor | None, size: int) -> dict[str, Batch | None]:
@@ -293,10 +293,10 @@ def gradients(loss: Tensor, params: list[Tensor], retain_graph: bool = False) ->
     return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params)]
 
 
-class _Gradients:
+class Gradients:
     """Gradients on demand, for the step and for an add-on's `prepare` (the prepare stream)."""
 
-    def __init__(self, model: nn.Module, stream: _Stream, batch_size: int,
+    def __init__(self, model: nn.Module, stream: Stream, batch_size: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.model, self.stream, self.bs, self.autocast = model, stream, batch_size, autocast
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -386,8 +386,8 @@ def run(model: nn.Module, data, forget: Tensor, retain: Tensor, method: Method, 
     subset_gen = torch.Generator(device=device)
     subset_gen.manual_seed(seed + SUBSET_STREAM)
     forget, retain = method.subset(forget, retain, subset_gen)
-    mine = _Stream(data, forget, retain, seed, device, recipe.augment)
-    theirs = _Stream(data, forget, retain, seed + COMPANION_STREAM, device, recipe.augment)
+    mine = Stream(data, forget, retain, seed, device, recipe.augment)
+    theirs = Stream(data, forget, retain, seed + COMPANION_STREAM, device, recipe.augment)
     method.adapt(model, mine.gen)
     if recipe.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -430,9 +430,9 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     fwd = _Forward(model, recipe)
-    grads = _Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device, recipe.augment),
+    grads = Gradients(model, Stream(data, forget, retain, seed + PREPARE_STREAM, device, recipe.augment),
                        retain_batch_size(method, recipe), fwd.autocast)
-    stepper = _Stepper(params, recipe)
+    stepper = Stepper(params, recipe)
     model.train()
     bn = frozen_bn_stats(model) if recipe.bn_stats == "freeze" else contextlib.nullcontext()
     with bn:
@@ -465,8 +465,8 @@ def _run(model, data, forget, retain, method, addon, recipe, seed, mine, theirs,
     return model, history
 
 
-def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine: _Stream,
-           theirs: _Stream, grads: _Gradients, stepper: _Stepper, progress: bool, desc: str) -> dict:
+def _epoch(fwd: _Forward, method: Method, addon: Addon, recipe: Recipe, epoch: int, mine: Stream,
+           theirs: Stream, grads: Gradients, stepper: Stepper, progress: bool, desc: str) -> dict:
     """One epoch: every pass the method declares, in order."""
     model = fwd.model
     passes = [(p, p.batch_size or recipe.batch_size) for p in method.passes(epoch)]

@@ -31,8 +31,8 @@ from unlearn.addons.none import NoAddon
 from unlearn.impl import (
     COMPANION_STREAM,
     PREPARE_STREAM,
-    _Gradients,
-    _Stream,
+    Gradients,
+    Stream,
     check_sets,
     context,
     gradients,
@@ -96,7 +96,7 @@ def apply(model: nn.Module, data, forget: Tensor, retain: Tensor, method: OneSho
     record: dict[str, float] = {}
     if not isinstance(addon, NoAddon):
         model.train()
-        addon.prepare(_Gradients(model, _Stream(data, forget, retain, seed + PREPARE_STREAM, device), batch_size))
+        addon.prepare(Gradients(model, Stream(data, forget, retain, seed + PREPARE_STREAM, device), batch_size))
     model.eval()
     method.setup(context(model, data, forget, retain, gen, forgotten_class))
     delta, figures = method.update(model, sets)
@@ -108,8 +108,8 @@ def apply(model: nn.Module, data, forget: Tensor, retain: Tensor, method: OneSho
         g_c = None
         if "utility" in addon.needs:
             model.train()
-            companion = _Stream(data, forget, retain, seed + COMPANION_STREAM, device)
-            g_c = next(_Gradients(model, companion, batch_size).retain_grads(1))
+            companion = Stream(data, forget, retain, seed + COMPANION_STREAM, device)
+            g_c = next(Gradients(model, companion, batch_size).retain_grads(1))
         d, keep = addon.direction(step, g_c, step)
     moved = 0
     with torch.no_grad():
