@@ -524,6 +524,18 @@ def jobs_of(a, preset: TunePreset, grid: Grid, out: Path, uri: str | None) -> li
             for c, n in grid.forget for spec in grid.unlearn]
 
 
+def open_studies(jobs: list[Job], url: str | None, out: Path):
+    """Open (or create) every job's study, refusing one started for another setting, and queue again the
+    trials a stopped run left running; returns the storage."""
+    storage = make_storage(url, out)
+    for job in jobs:
+        study = open_study(storage, study_name(job.c, job.n, job.spec), job.setting, job.pilot_seed)
+        n = recover_stale(study)
+        if n:
+            print(f"{study.study_name}: {n} trials left running by a stopped run queued again")
+    return storage
+
+
 def main() -> None:
     a = build_parser().parse_args()
     preset = PRESETS[a.preset]
@@ -550,13 +562,7 @@ def main() -> None:
         search(jobs, 1, progress=False)
         return
 
-    # the studies first: one started for another setting stops the run before anything trains
-    storage = make_storage(a.storage, out)
-    for job in jobs:
-        study = open_study(storage, study_name(job.c, job.n, job.spec), job.setting, job.pilot_seed)
-        n = recover_stale(study)
-        if n:
-            print(f"{study.study_name}: {n} trials left running by a stopped run queued again")
+    storage = open_studies(jobs, a.storage, out)  # one of another setting stops the run before anything trains
     # 1. the pilot's models
     pilot_grid = dataclasses.replace(grid, seeds=[pilot], unlearn=[])
     base, _ = sweep.generate(pilot_grid)
