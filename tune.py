@@ -162,7 +162,7 @@ class Pilot:
         ideal_path = utils.ideal_checkpoint_path(save_dir, seed, arch, epochs, c,
                                                  self.split.info["num_indexes_to_replace"])
         ideal_ckpt = utils.load_checkpoint(ideal_path, dataset=d, arch=arch)
-        check_ideal(ideal_path, ideal_ckpt, seed, self.split, "remove it and rerun tune.py to retrain it")
+        check_ideal(ideal_path, ideal_ckpt, seed, self.split, c, "remove it and rerun tune.py to retrain it")
 
         def build(c_: dict):
             net = create_model(c_["arch"], c_["num_classes"], data.in_channels, c_.get("imagenet_arch", False))

@@ -153,12 +153,12 @@ def find_ideal(args: argparse.Namespace, split, path: Path, command: str) -> tup
         return None, None
     ckpt = utils.load_checkpoint(path, dataset=args.dataset, arch=args.arch, made_by=command)
     n = split.info["num_indexes_to_replace"]
-    check_ideal(path, ckpt, args.seed, split, f"pass the ideal model of this forget set, or make it with: "
-                                              f"{ideal_command(args, n)}")
+    check_ideal(path, ckpt, args.seed, split, args.class_to_replace,
+                f"pass the ideal model of this forget set, or make it with: {ideal_command(args, n)}")
     return path, ckpt
 
 
-def check_ideal(path: Path, ckpt: dict, seed: int, split, remedy: str) -> None:
+def check_ideal(path: Path, ckpt: dict, seed: int, split, class_to_replace: int, remedy: str) -> None:
     """Refuse an ideal model of another seed or forget set (`remedy`: what the user should do)."""
     if ckpt.get("seed") != seed:
         raise UserError(f"ideal model {path} was trained with seed {ckpt.get('seed')}, this run uses --seed "
@@ -167,7 +167,7 @@ def check_ideal(path: Path, ckpt: dict, seed: int, split, remedy: str) -> None:
     if theirs.get("forget_sha1") != split.info["forget_sha1"]:
         raise UserError(f"ideal model {path} was retrained without another forget set (C="
                         f"{theirs.get('class_to_replace')}, N={theirs.get('num_indexes_to_replace')}) than this "
-                        f"run's (C={split.info['class_to_replace']}, N={split.info['num_indexes_to_replace']}): "
+                        f"run's (C={class_to_replace}, N={split.info['num_indexes_to_replace']}): "
                         f"{remedy}")
 
 
