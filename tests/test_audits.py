@@ -106,13 +106,15 @@ def test_audit_names_are_checked_as_flags():
 
 @pytest.mark.slow
 def test_a_run_with_audits_logs_them_for_all_three_models_and_saves_the_same_model(digits_models, tmp_path):
+    # the shared models, but this test's own folder for what the runs write (other tests count those files)
     common = [*digits_models["common"], "--class_to_replace", "3", "--unlearn", "GA", "--unlearn_lr", "0.01",
-              "--unlearn_epochs", "2"]
+              "--unlearn_epochs", "2", "--save_dir", str(tmp_path), "--mask", str(digits_models["original"]),
+              "--ideal", str(digits_models["ideal_class"])]
     plain = run_in_process("main_forget.py", *common)
     audited = run_in_process("main_forget.py", *common, "--audits", "relearn,relearn_time,probe,cka",
                              "--audit_time_cap", "5", "--audit_relearn_epochs", "2")
     assert "relearn_UA" in audited.stdout and "relearn_UA" not in plain.stdout  # the summary table
-    save = digits_models["save_dir"] / "unlearned"
+    save = tmp_path / "unlearned"
     runs = sorted(save.glob("*_metrics.json"), key=lambda p: p.stat().st_mtime)[-2:]
     without, with_audits = (json.loads(p.read_text()) for p in runs)
     assert "relearn_UA" not in without["metrics"]
