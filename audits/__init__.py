@@ -13,7 +13,7 @@ Hidden knowledge (audits/hidden.py): is it gone, or only hidden?
 Every audit works on a copy (the model it is given is never changed), draws from its own seeded
 generators and returns plain floats; `run_audits` runs a list of them by name.
 
-    found = run_audits(["relearn", "probe"], model, data, split, seed=1, original_forget_acc=...)
+    found = run_audits(["relearn", "relearn_time"], model, data, split, seed=1, original=..., ideal=...)
 """
 
 from __future__ import annotations

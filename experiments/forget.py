@@ -475,12 +475,12 @@ def audit(args: argparse.Namespace, plan: Plan, model, build_o, build_i) -> tupl
     """The --audits of the unlearned model and, cached beside them, of the original and ideal models,
     all with this run's seed and budget; the unlearned model's gaps to the ideal model's values."""
     budget = AuditBudget(**{f.name: getattr(args, f"audit_{f.name}") for f in dataclasses.fields(AuditBudget)})
-    context = {"original": (plan.path, build_o)} | ({"ideal": (plan.ideal_path, build_i)} if build_i else {})
+    context = {"original": (plan.path, build_o())} | ({"ideal": (plan.ideal_path, build_i())} if build_i else {})
+    models = {k: m for k, (_, m) in context.items()}  # each reference model built once, for all three
+    mine = run_audits(args.audits, model, plan.data, plan.split, args.seed, budget, **models)
     common = (plan.data, plan.split, args.audits, args.seed, budget, context)
-    mine = run_audits(args.audits, model, plan.data, plan.split, args.seed, budget,
-                      **{k: build() for k, (_, build) in context.items()})
-    of_original = audited(plan.path, build_o, *common)
-    of_ideal = audited(plan.ideal_path, build_i, *common) if build_i else None
+    of_original = audited(plan.path, models["original"], *common)
+    of_ideal = audited(plan.ideal_path, models["ideal"], *common) if build_i else None
     if of_ideal is not None:
         mine |= {f"{k}_gap": abs(mine[k] - of_ideal[k]) for k in mine if f"{k}_gap" in AUDIT_POLARITY and k in of_ideal}
     return mine, of_original, of_ideal

@@ -4,7 +4,7 @@ and locks: the application layer's side of evaluation/report.py.
 
     ref_o, _ = reference(original_path, build_original, data, split, forgotten)       # cached
     ref_i, ideal_out = reference(ideal_path, build_ideal, data, split, forgotten)     # cached, with logits
-    audits_i = audited(ideal_path, build_ideal, data, split, ["probe"], seed, budget, context)   # cached
+    audits_i = audited(ideal_path, ideal, data, split, ["probe"], seed, budget, context)   # cached
 """
 
 from __future__ import annotations
@@ -50,21 +50,17 @@ def _cached_reference(cache: Path, build_model, data, split, forgotten, seed, sv
     return saved["metrics"], Outputs(**saved["outputs"])
 
 
-def audited(path: Path, build_model, data, split, names: list[str], seed: int, budget: AuditBudget,
+def audited(path: Path, model, data, split, names: list[str], seed: int, budget: AuditBudget,
             context: dict[str, tuple[Path, object]]) -> dict[str, float]:
-    """The audits `names` of a reference checkpoint, cached beside it as its metrics are: keyed by the
-    checkpoint, the forget set, the audits, their budget, the seed and the checkpoints the audits
-    read (`context`: name -> (path, build), passed to the audits as models: original, ideal)."""
+    """The audits `names` of the reference checkpoint at `path` (its model: `model`), cached beside it as
+    its metrics are: keyed by the checkpoint, the forget set, the audits, their budget, the seed and the
+    checkpoints the audits read (`context`: name -> (path, model), passed to the audits: original, ideal)."""
     others = "|".join(f"{k}={_stat(p)}" for k, (p, _) in sorted(context.items()))
     key = f"{AUDIT_VERSION}|{_stat(path)}|{split.info['forget_sha1']}|{sorted(names)}|{budget}|{seed}|{others}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     cache = path.with_name(f"{path.name.removesuffix('.pth.tar')}.audit_{digest}.pt")
-
-    def compute() -> dict:
-        models = {k: build() for k, (_, build) in context.items()}
-        return run_audits(names, build_model(), data, split, seed, budget, **models)
-
-    return cached(cache, compute)
+    return cached(cache, lambda: run_audits(names, model, data, split, seed, budget,
+                                            **{k: m for k, (_, m) in context.items()}))
 
 
 def _stat(path: Path) -> str:
