@@ -13,6 +13,7 @@ the SalUn paper's Table 1) and PNG plots.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import json
@@ -416,7 +417,7 @@ def checked_audits(text: str) -> list[str]:
     """--audits, checked as mlflow_forget.py checks it (one line naming the bad one)."""
     try:
         return audit_list(text)
-    except Exception as e:
+    except argparse.ArgumentTypeError as e:
         raise UserError(f"--audits: {e}") from None
 
 

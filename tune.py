@@ -514,8 +514,9 @@ def jobs_of(a, preset: TunePreset, grid: Grid, out: Path, uri: str | None) -> li
     unknown = set(overrides) - {k for s in spaces.values() for k in s}
     if unknown:
         raise UserError(f"--range {', '.join(sorted(unknown))}: no method of this run searches it")
-    svc_max, subsample = sweep.flag_value(grid.extra, "--mia_svc_max"), sweep.flag_value(grid.extra, "--subsample")
-    svc_max, subsample = None if svc_max is None else int(svc_max), 1.0 if subsample is None else float(subsample)
+    svc_max = sweep.flag_value(grid.extra, "--mia_svc_max")
+    svc_max = None if svc_max is None else int(svc_max)
+    subsample = float(sweep.flag_value(grid.extra, "--subsample") or 1.0)
     trials, pilot = a.trials or preset.trials, a.pilot_seed if a.pilot_seed is not None else preset.pilot_seed
     storage_url = a.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     return [Job(grid, c, n, spec, spaces[spec],

@@ -209,7 +209,8 @@ class Backdoor(forget.Forgetting):
         """Train the backdoored model (on the whole poisoned training set) or the ideal one (on the
         clean retain set), from the same seeded initialisation as main_baseline.py and main_ideal.py;
         save it with the poisoned set's record beside it; print clean TA and ASR."""
-        trainer.validate_recipe(utils.train_recipe(args, RECIPE_PREFIX), RECIPE_PREFIX)
+        trained_with = utils.train_recipe(args, RECIPE_PREFIX)  # under main_baseline.py's names
+        trainer.validate_recipe(trained_with, RECIPE_PREFIX)
         utils.check_writable(args.save_dir)
         data, split = self.data(args)
         utils.set_seed(args.seed)
@@ -218,12 +219,12 @@ class Backdoor(forget.Forgetting):
         print(f"{which} model: {args.arch} on {args.dataset} ({len(train_idx)} training samples, "
               f"{len(split.forget)} poisoned{' and left out' if which == 'ideal' else ''}; target "
               f"{self.target}, trigger {self.trigger}), device {self.device}")
-        recipe = trainer.recipe_of({**vars(args), **utils.train_recipe(args, RECIPE_PREFIX)})
+        recipe = trainer.recipe_of({**vars(args), **trained_with})
         history, best_epoch, wall = trainer.fit(model, data, train_idx, data.val_idx, recipe, args.seed, args.quiet,
                                                 which)
         acc = trainer.trained_accuracies(model, data, split) | {
             "ASR": attack_success_rate(model, data, self.trigger, self.target)}
-        saved = argparse.Namespace(**{**vars(args), **utils.train_recipe(args, RECIPE_PREFIX)})
+        saved = argparse.Namespace(**{**vars(args), **trained_with})
         trainer.save(path, model, saved, which, split, acc, best_epoch, history, wall)
         print(f"done: {which} model, best epoch {best_epoch}: clean test acc {acc['TA']:.2f}  ASR "
               f"{acc['ASR']:.2f}  poisoned-sample acc (poisoned labels) {acc['FA']:.2f}  wall time {wall:.1f}s "
@@ -233,7 +234,7 @@ class Backdoor(forget.Forgetting):
 
 def build_parser(doc: str) -> argparse.ArgumentParser:
     parser = forget.build_parser(doc, original="the backdoored model (trained here when missing",
-                              ideal="the ideal model (--train_only ideal's output")
+                                 ideal="the ideal model (--train_only ideal's output")
     g = parser.add_argument_group("backdoor (Unlearn-Sparse's trigger by default; --class_to_replace is the target "
                                   "class, --num_indexes_to_replace the number of poisoned samples)")
     g.add_argument("--trigger_size", type=int, default=4, help="side of the square patch in pixels (default 4)")

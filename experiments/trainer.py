@@ -137,8 +137,8 @@ def final_figures(acc: dict, ideal: bool, forgotten: int | None) -> str:
 def recipe_of(args) -> Recipe:
     """The training recipe of main_baseline.py / main_ideal.py (args: theirs, or a checkpoint's saved args)."""
     a = args if isinstance(args, dict) else vars(args)
-    return Recipe(lr=a["lr"], epochs=a["epochs"], batch_size=a["batch_size"], momentum=a["momentum"],
-                  weight_decay=a["weight_decay"], decreasing_lr=list(a["decreasing_lr"]), warmup=a["warmup"],
+    trained_with = {name: a[name] for name in utils.TRAIN_FLAGS}  # KeyError names a field an old file lacks
+    return Recipe(**trained_with | {"decreasing_lr": list(trained_with["decreasing_lr"])},
                   **{k: bool(a.get(k)) for k in utils.SPEED_OPTIONS})
 
 
