@@ -385,6 +385,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
                    help="run these methods (METHOD[+ADDON] or retrain) instead of the preset's, with the preset's "
                         "models, forget sets, seeds and lr (e.g. --preset fashionmnist-zoo --methods NegGrad+ SCRUB)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="run these seeds instead of the preset's (e.g. --seeds 1 for a one-seed look)")
     p.add_argument("--audits", default=None, metavar="NAME[,NAME]",
                    help="add these audits to every unlearning run (relearn, relearn_time, probe, cka; "
                         "docs/evaluation.md) and their columns to the tables")
@@ -398,11 +400,7 @@ def main() -> None:
     if a.jobs is not None and a.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {a.jobs}")
     out = a.out or Path("benchmark_results") / a.preset
-    grid = copy.deepcopy(PRESETS[a.preset])
-    if a.methods:
-        grid.unlearn = checked_methods(a.methods)
-    if a.audits:
-        grid.extra = [*grid.extra, "--audits", ",".join(checked_audits(a.audits))]
+    grid = grid_of(a)
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused command writes nothing
     models = out.parent / SHARES_MODELS_WITH[a.preset] if a.preset in SHARES_MODELS_WITH else out
     grid.data, grid.save_root = a.data, str(models / "checkpoints")
@@ -411,6 +409,20 @@ def main() -> None:
     slurm = sweep.slurm_options(a) if a.slurm else None
     run_grid(grid, out, jobs=a.jobs or sweep.default_jobs(), quiet=a.quiet, tuned=tuned, made_by_command=command,
              report_only=a.report_only, slurm=slurm, name=a.preset)
+
+
+def grid_of(a: argparse.Namespace) -> Grid:
+    """The preset's grid with --methods, --seeds and --audits applied, each checked (one line)."""
+    grid = copy.deepcopy(PRESETS[a.preset])
+    if a.methods:
+        grid.unlearn = checked_methods(a.methods)
+    if a.seeds:
+        if len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
+            raise UserError(f"--seeds must be distinct non-negative integers, got {' '.join(map(str, a.seeds))}")
+        grid.seeds = list(a.seeds)
+    if a.audits:
+        grid.extra = [*grid.extra, "--audits", ",".join(checked_audits(a.audits))]
+    return grid
 
 
 def checked_audits(text: str) -> list[str]:

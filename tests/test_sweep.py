@@ -62,6 +62,26 @@ def test_bad_grid_fails_at_generation(change, message):
         generate(small_grid(**change))
 
 
+def test_benchmark_seeds_methods_and_audits_replace_the_presets_and_are_checked():
+    import argparse
+
+    import benchmark
+
+    def grid(**kw):
+        a = argparse.Namespace(preset="fashionmnist", methods=None, seeds=None, audits=None)
+        return benchmark.grid_of(argparse.Namespace(**(vars(a) | kw)))
+
+    assert grid().seeds == [1, 2, 3]
+    g = grid(seeds=[1], methods=["GA", "GA+VarGrad"], audits="probe,cka")
+    _, params = generate(g)
+    assert g.seeds == [1] and len(params) == 2 * 2  # two methods, two forget scenarios, one seed
+    assert all("--seed 1 " in line and "--audits probe,cka" in line for line in params)
+    assert benchmark.PRESETS["fashionmnist"].seeds == [1, 2, 3]  # the preset itself is left alone
+    for seeds in ([1, 1], [-1]):
+        with pytest.raises(UserError, match="--seeds must be distinct non-negative integers"):
+            grid(seeds=seeds)
+
+
 def test_malformed_line_reports_its_number(tmp_path):
     f = tmp_path / "params.txt"
     f.write_text("python -u mlflow_forget.py --dataset digits\n\n# a comment\npython -u mlflow_forget.py --bogus 1\n")
