@@ -284,7 +284,7 @@ def main(args: argparse.Namespace, scenario: Forgetting | None = None, store: st
 def resolve(args: argparse.Namespace, scenario: Forgetting) -> Plan:
     """Check the flags, load the original model, the data and the forget set, resolve the recipe and
     find the ideal model; fails with a one-line UserError before anything is written."""
-    method_name, addon_name, method, addon, hparams = _method_of(args)
+    method_name, addon_name, method, addon, hparams = method_of(args)
     kind = type(method).kind
     path, ckpt = scenario.original(args)
     args.arch = args.arch or ckpt["arch"]
@@ -310,7 +310,7 @@ def resolve(args: argparse.Namespace, scenario: Forgetting) -> Plan:
         raise UserError(f"--audits relearn_time: a forget set of {len(split.forget)} leaves nothing to score on "
                         f"after --audit_time_share {args.audit_time_share}; lower the share or drop the audit")
     evaluated, spec = _evaluated(args, ckpt), spec_name(method_name, addon_name)
-    recipe = _recipe(args, method, kind, path, ckpt)
+    recipe = unlearning_recipe(args, method, kind, path, ckpt)
     ideal_path, ideal_ckpt = scenario.ideal(args, split)
     plan = Plan(spec, kind, method, addon, hparams, args.arch, path, ckpt, data, split, device, save_dir, forgotten,
                 setting, recipe, evaluated, ideal_path, ideal_ckpt, {})
@@ -323,7 +323,7 @@ def resolve(args: argparse.Namespace, scenario: Forgetting) -> Plan:
     return plan
 
 
-def _method_of(args: argparse.Namespace) -> tuple[str, str, object, object, dict]:
+def method_of(args: argparse.Namespace) -> tuple[str, str, object, object, dict]:
     """(method name, add-on name, method, add-on, their hyper-parameters given as flags)."""
     try:
         method_name, addon_name = parse_unlearn(args.unlearn)
@@ -371,7 +371,7 @@ def _evaluated(args: argparse.Namespace, ckpt: dict) -> dict | None:
     return evaluated
 
 
-def _recipe(args: argparse.Namespace, method, kind: str, path: Path, ckpt: dict):
+def unlearning_recipe(args: argparse.Namespace, method, kind: str, path: Path, ckpt: dict):
     """The loop's recipe: the method's published one with the flags' overrides (`recipe_for`); for
     retrain, the original's training recipe, which main_ideal.py also repeats."""
     speed = {k: getattr(args, k) for k in utils.SPEED_OPTIONS}
