@@ -474,7 +474,8 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
                  f"{utils.git_commit()} on {utils.machine()}; shadows trained {audit.train_recipe.epochs} epochs "
                  f"(lr {audit.train_recipe.lr:g}, batch {audit.train_recipe.batch_size}), seed {a.seed}; each method "
                  f"at its published recipe{given}. Mean ± std over the attacked models (U-LiRA) or over the "
-                 "unlearned shadows (SVC MIA, the confidence attack with the shadow's retain set as members and the test set as non-members). "
+                 "unlearned shadows (SVC MIA, the confidence attack with the shadow's retain set as members and "
+                 "the test set as non-members). "
                  "U-LiRA: 50 is chance (the ideal); the SVC MIA is read against the controls' value.", "",
              "| method | " + " | ".join(c for _, c in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for row in [*sanity, *rows]:
