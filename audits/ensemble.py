@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from unlearn import train as training
 from unlearn.addons.common import Flat
-from unlearn.impl import Recipe, lr_at, sgd_step, shuffled_batches
+from unlearn.impl import Diverged, Recipe, lr_at, sgd_step, shuffled_batches
 
 EVAL_CHUNK = 1024  # samples per vmapped evaluation forward
 
@@ -135,9 +135,9 @@ def fit_stacked(build: Callable[[], nn.Module], data, train_sets: list[Tensor], 
     if len({len(s) for s in train_sets}) != 1:
         raise ValueError("every model of a stacked ensemble trains on a set of the same size, got sizes "
                          f"{sorted({len(s) for s in train_sets})}")
-    if recipe.optimizer != "sgd" or recipe.bn_stats != "update" or recipe.warmup:
-        raise ValueError("stacked ensembles train with SGD, no warm-up and batch-norm statistics updated, as "
-                         "main_baseline.py does")
+    if recipe.optimizer != "sgd" or recipe.bn_stats != "update" or recipe.warmup or recipe.amp or recipe.compile:
+        raise ValueError("stacked ensembles train with SGD, no warm-up, batch-norm statistics updated, in fp32 and "
+                         "uncompiled (channels_last is ignored)")
     models = []
     for s in seeds:
         torch.manual_seed(s)
@@ -165,8 +165,8 @@ def fit_stacked(build: Callable[[], nn.Module], data, train_sets: list[Tensor], 
             grads = torch.autograd.grad(loss.sum(), params)
             sgd_step(params, list(grads), None, bufs, lr_at(recipe, epoch, step, steps), recipe.momentum,
                      recipe.weight_decay)
-        if not torch.isfinite(loss).all():
-            raise FloatingPointError(f"an ensemble model diverged in epoch {epoch + 1}")
+            if not torch.isfinite(loss).all():
+                raise Diverged(f"an ensemble model's loss became non-finite in epoch {epoch + 1}, step {step + 1}")
         val = accuracy_each(ens, data, val_idx)
         better = val > best_val
         if better.any():

@@ -172,8 +172,9 @@ def _average_ranks(x: Tensor) -> Tensor:
 
 
 def tpr_at(score: Tensor, label: Tensor, fpr: float) -> float:
-    """True-positive rate at the strictest threshold whose false-positive rate is at most `fpr`
-    (members are called where score > threshold); in %."""
+    """True-positive rate at the lowest threshold whose false-positive rate is at most `fpr` (members
+    are called where score > threshold); in %. With fewer than 1/fpr negatives that is the TPR at an
+    FPR of 0 (above every negative)."""
     neg = score[~label].sort(descending=True).values
     allowed = int(math.floor(fpr * len(neg)))  # negatives that may sit above the threshold
     threshold = neg[allowed] if allowed < len(neg) else -float("inf")

@@ -8,9 +8,9 @@ and the untouched shadows, which must come out vulnerable) -> record (MLflow run
 plots) -> report.
 
 The ensembles are stored once under --save_dir/ensembles/, in a folder named by a hash of everything
-that defines them (data set, subsample, architecture, training recipe, seed, K, |T|, the design's
-sets), with `design.json` holding that definition; every method and rerun of one design reuses them.
-A model file that does not load, or that records another design, is trained again.
+that defines them (data set, subsample, architecture and its ImageNet stem, training recipe, seed, K,
+|T|, the ensemble mode, the design's sets), with `design.json` holding that definition; every method
+and rerun of one design reuses them. A model file that does not load, or that records another design, is trained again.
 """
 
 from __future__ import annotations
@@ -176,13 +176,17 @@ def resolve(args: argparse.Namespace) -> Audit:
     fake = {"epochs": args.epochs, "seed": args.seed, "args": {**train_with, **speed(args)}}
     recipe = forget.unlearning_recipe(args, method, kind, Path("shadow models"), fake) if kind != "one-shot" else None
     shadow_recipe = trainer.recipe_of({**train_with, **speed(args)})
+    if kind == "retrain" and (args.unlearn_lr is not None or args.unlearn_epochs is not None):
+        print("warning: retrain is the stored controls (retrained on S_k minus F_k with the shadows' recipe); "
+              "--unlearn_lr and --unlearn_epochs do not apply to it", file=sys.stderr)
     if kind == "loop":
         try:
             check_sets(method, addon, len(design.forget_sets[0]), len(design.control_sets[0]))
         except ValueError as e:
             raise UserError(str(e)) from None
     key = {"format": 1, "dataset": args.dataset, "subsample": args.subsample, "no_aug": args.no_aug,
-           "arch": args.arch, "recipe": dataclasses.asdict(shadow_recipe), "seed": args.seed,
+           "arch": args.arch, "imagenet_arch": args.imagenet_arch, "recipe": dataclasses.asdict(shadow_recipe),
+           "seed": args.seed,
            "shadows": args.shadows, "targets": args.targets, "mode": args.ensemble_mode,
            "design_sha1": design_hash(design)}
     folder = Path(args.ensemble_dir) if args.ensemble_dir else (
@@ -250,9 +254,14 @@ def ensembles(audit: Audit) -> tuple[list, list]:
                   f"{len(sets[missing[0]])} samples each, {audit.train_recipe.epochs} epochs) -> {audit.folder}",
                   flush=True)
             val = selection_idx(audit.data, None)
-            trained, epochs = fit_many(audit.build, audit.data, [sets[k] for k in missing], val, audit.train_recipe,
-                                       [audit.seed(k) for k in missing], audit.args.ensemble_mode,
-                                       progress=not audit.args.quiet, desc=f"{kind} models")
+            build = lambda: audit.build().to(audit.device)  # noqa: E731
+            try:
+                trained, epochs = fit_many(build, audit.data, [sets[k].to(audit.device) for k in missing], val,
+                                           audit.train_recipe, [audit.seed(k) for k in missing],
+                                           audit.args.ensemble_mode, progress=not audit.args.quiet,
+                                           desc=f"{kind} models")
+            except Diverged as e:
+                raise UserError(f"{kind} model training diverged ({e}): lower --lr") from None
             for k, model, epoch in zip(missing, trained, epochs):
                 models[k] = model.to(audit.device)
                 utils.save_checkpoint({"state_dict": {n: v.cpu() for n, v in model.state_dict().items()},
@@ -346,7 +355,12 @@ def statistics(audit: Audit, models: list) -> torch.Tensor:
     """[K, |T|]: each model's log p_y - log(1 - p_y) of each target."""
     data, t = audit.data, audit.design.targets.to(audit.device)
     y = data.y_train[t].cpu()
-    return torch.stack([margins(logits_of(m, data, data.x_train[t]).cpu(), y) for m in models])
+    stat = torch.stack([margins(logits_of(m, data, data.x_train[t]).cpu(), y) for m in models])
+    if not torch.isfinite(stat).all():
+        bad = int((~torch.isfinite(stat).all(1)).sum())
+        raise UserError(f"{bad} of {len(models)} models give non-finite logits on the targets ({audit.spec}): the "
+                        "method wrecked them; lower --unlearn_lr or --unlearn_epochs")
+    return stat
 
 
 # ------------------------------------------------------------------------------- record
@@ -461,7 +475,8 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
     from scipy.stats import spearmanr
 
     a, first = audit.args, rows[0]
-    given = "" if a.unlearn_lr is None and a.unlearn_epochs is None else " with the lr and epochs the command gives"
+    given = "" if a.unlearn_lr is None and a.unlearn_epochs is None else \
+        " with the lr and epochs the command gives (retrain: the controls, as trained)"
     sanity = [{"method": name, **{k.removeprefix(f"{key}/"): v for k, v in first.items() if k.startswith(f"{key}/")}}
               for name, key in (("Shadows, not unlearned", "original"), ("Controls (retrained)", "control"))]
     ideal_mia = first["control/SVC_MIA"]
