@@ -14,8 +14,13 @@ Logged to MLflow (experiment DATASET-privacy) with a per-example CSV, IN/OUT his
 docs/privacy.md.
 """
 
-from experiments.privacy import build_parser, main
+from experiments import ensemble_audits, privacy
 from utils import run_main
 
+
+def main(args):
+    return privacy.main(args) if args.audit == "ulira" else ensemble_audits.main(args)
+
+
 if __name__ == "__main__":
-    run_main(lambda: main(build_parser(__doc__).parse_args()))
+    run_main(lambda: main(privacy.build_parser(__doc__).parse_args()))

@@ -101,13 +101,15 @@ MODES = ("sequential", "stacked")
 
 
 def fit_many(build: Callable[[], nn.Module], data, train_sets: list[Tensor], val_idx: Tensor, recipe: Recipe,
-             seeds: list[int], mode: str = "sequential", progress: bool = False,
-             desc: str = "ensemble") -> tuple[list[nn.Module], list[int]]:
+             seeds: list[int], mode: str = "sequential", progress: bool = False, desc: str = "ensemble",
+             on_model: Callable[[int, nn.Module, int], None] | None = None) -> tuple[list[nn.Module], list[int]]:
     """Train one model per (train_sets[k], seeds[k]) as `unlearn.train.fit` does and return the models
     at their epochs of best accuracy on `val_idx`, with those epochs. `mode`: "sequential", one model
     after another in this process (each exactly the model trained alone), or "stacked", all of them
     in one vmapped step (each equal to it up to rounding; every training set must have the same size,
-    SGD only). benchmarks/ensemble_speed.py measures which is faster where."""
+    SGD only). benchmarks/ensemble_speed.py measures which is faster where. `on_model(i, model, best
+    epoch)` receives each model as soon as it is trained (sequential: one by one, so that a caller can
+    store it; stacked: all at the end)."""
     if len(train_sets) != len(seeds) or not seeds:
         raise ValueError(f"{len(train_sets)} training sets for {len(seeds)} seeds")
     if mode not in MODES:
@@ -116,7 +118,11 @@ def fit_many(build: Callable[[], nn.Module], data, train_sets: list[Tensor], val
         ens, info = fit_stacked(build, data, train_sets, val_idx, recipe, seeds, progress, desc)
         with torch.random.fork_rng(devices=[]):
             like = build()
-        return [ens.model(k, like) for k in range(ens.k)], info["best_epoch"]
+        models = [ens.model(k, like) for k in range(ens.k)]
+        for i, (model, best) in enumerate(zip(models, info["best_epoch"])):
+            if on_model is not None:
+                on_model(i, model, best)
+        return models, info["best_epoch"]
     models, epochs = [], []
     for s, idx in tqdm(list(zip(seeds, train_sets)), desc=desc, file=sys.stderr, leave=False,
                        disable=True if not progress else None):
@@ -125,6 +131,8 @@ def fit_many(build: Callable[[], nn.Module], data, train_sets: list[Tensor], val
         _, best, _ = training.fit(model, data, idx, val_idx, recipe, s, progress=False, log=False)
         models.append(model.eval())
         epochs.append(best)
+        if on_model is not None:
+            on_model(len(models) - 1, model, best)
     return models, epochs
 
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 import utils
 from audits.ensemble import MODES, fit_many
 from audits.ulira import FPRS, MIN_SHADOWS, MIN_SIDE, Design, attack, balanced_design, margins
-from dataset import ForgetSplit, load_data
+from dataset import ForgetSplit, forget_split, load_data
 from evaluation.accuracy import logits_of
 from evaluation.mia import attack_features, svc_efficacy, svc_samples
 from experiments import forget, trainer
@@ -44,7 +44,7 @@ from unlearn.impl import Diverged, check_sets
 from unlearn.train import selection_idx
 from utils import UserError
 
-AUDITS = ("ulira",)
+AUDITS = ("ulira", "epsilon", "klom")
 RECIPE_PREFIX = "train_"  # --train_momentum...: --momentum and the others name the unlearning recipe
 SEED_STRIDE = 1000  # shadow k of --seed s has seed s * SEED_STRIDE + k
 
@@ -52,7 +52,10 @@ SEED_STRIDE = 1000  # shadow k of --seed s has seed s * SEED_STRIDE + k
 def build_parser(doc: str) -> argparse.ArgumentParser:
     parser = forget.build_parser(doc)
     g = parser.add_argument_group("per-example privacy audit (docs/privacy.md)")
-    g.add_argument("--audit", default="ulira", choices=AUDITS, help="which audit (default ulira)")
+    g.add_argument("--audit", default="ulira", choices=AUDITS,
+                   help="ulira: U-LiRA over shadow models (default); epsilon: the NeurIPS 2023 challenge's forgetting "
+                        "score; klom: KLoM (both on the forget set the flags name, sharing one store of originals and "
+                        "oracles)")
     g.add_argument("--methods", nargs="+", default=None, metavar="SPEC",
                    help="audit each of these (METHOD[+ADDON] or retrain) in turn on the same ensembles, each at "
                         "its own published recipe unless the recipe flags say otherwise, and write a table "
@@ -61,7 +64,9 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                    help="write the methods' table here (default with --methods: table.md in the ensemble folder); "
                         "a CSV goes beside it")
     g.add_argument("--shadows", type=int, default=64, metavar="K",
-                   help=f"shadow models, a multiple of 4, at least {MIN_SHADOWS} (default 64)")
+                   help=f"models per ensemble (default 64). ulira: shadow models, a multiple of 4, at least "
+                        f"{MIN_SHADOWS}; epsilon: unlearning runs from one original and retrained models; klom: "
+                        "originals and oracles; both even, at least 4 (the noise floor splits the oracles in halves)")
     g.add_argument("--targets", type=int, default=200, metavar="N",
                    help="targets |T|, even, drawn stratified by class from the training set (default 200)")
     g.add_argument("--ensemble_mode", default="sequential", choices=MODES,
@@ -85,7 +90,9 @@ class Audit:
     recipe: object  # the unlearning recipe (None for a one-shot method)
     train_recipe: object  # the shadows' training recipe
     data: object
-    design: Design
+    design: Design | None  # U-LiRA's
+    split: ForgetSplit | None  # epsilon and klom: the forget set the flags name
+    sets: dict  # kind -> the index set each of its models trains on
     device: object
     folder: Path
     key: dict
@@ -97,17 +104,22 @@ class Audit:
         return create_model(self.args.arch, self.data.num_classes, self.data.in_channels, self.args.imagenet_arch)
 
 
+def resolve_all(args: argparse.Namespace) -> list[Audit]:
+    """--unlearn, or each of --methods, resolved (all checked before anything trains)."""
+    return [resolve(argparse.Namespace(**(vars(args) | {"unlearn": spec}))) for spec in args.methods or [args.unlearn]]
+
+
 def main(args: argparse.Namespace) -> list[dict]:
-    """Audit --unlearn, or each of --methods in turn on the same ensembles; returns their metrics."""
-    specs = args.methods or [args.unlearn]
-    audits = [resolve(argparse.Namespace(**(vars(args) | {"unlearn": spec}))) for spec in specs]  # all checked first
-    shadows, controls = ensembles(audits[0])
+    """U-LiRA of --unlearn, or of each of --methods in turn on the same ensembles; returns their metrics."""
+    audits = resolve_all(args)
+    models = ensembles(audits[0])
+    shadows, controls = models["shadow"], models["control"]
     sanity = {"control": statistics(audits[0], controls), "original": statistics(audits[0], shadows)}
-    sanity_mia = {name: [_svc(m, audits[0], _split(audits[0].design, k, audits[0].device))
+    sanity_mia = {name: [svc_of(m, audits[0], _split(audits[0].design, k, audits[0].device))
                          for k, m in enumerate(models)] for name, models in (("control", controls),
                                                                                ("original", shadows))}
     rows = [run_one(audit, shadows, controls, sanity, sanity_mia) for audit in audits]
-    if args.table or len(specs) > 1:
+    if args.table or len(audits) > 1:
         write_table(audits[0], rows, Path(args.table) if args.table else audits[0].folder / "table.md")
     return rows
 
@@ -159,43 +171,60 @@ def resolve(args: argparse.Namespace) -> Audit:
     utils.resolve_arch(args)
     method_name, addon_name, method, addon, hparams = forget.method_of(args)
     kind = type(method).kind
-    if args.shadows < MIN_SHADOWS or args.shadows % 4:
-        raise UserError(f"--shadows {args.shadows}: give a multiple of 4, at least {MIN_SHADOWS} (two folds of "
-                        f"complement pairs, each fitting {MIN_SIDE} or more models on each side of every target)")
-    if args.targets % 2:
-        raise UserError(f"--targets {args.targets}: give an even number (each complement pair splits them in halves)")
+    if args.audit == "ulira":
+        if args.shadows < MIN_SHADOWS or args.shadows % 4:
+            raise UserError(f"--shadows {args.shadows}: give a multiple of 4, at least {MIN_SHADOWS} (two folds of "
+                            f"complement pairs, each fitting {MIN_SIDE} or more models on each side of every target)")
+        if args.targets % 2:
+            raise UserError(f"--targets {args.targets}: give an even number (each complement pair splits them in "
+                            "halves)")
+    elif args.shadows < 4 or args.shadows % 2:
+        raise UserError(f"--shadows {args.shadows}: --audit {args.audit} needs an even number, at least 4 (its noise "
+                        "floor scores one half of the retrained models against the other)")
     train_with = utils.train_recipe(args, RECIPE_PREFIX)
     trainer.validate_recipe(train_with, RECIPE_PREFIX)
     device = utils.device_for(args)
     utils.set_seed(args.seed)
     data = load_data(args.dataset, args.data, args.seed, None, args.no_aug, args.subsample)
-    try:
-        design = balanced_design(data.train_idx, data.y_train, args.targets, args.shadows, args.seed)
-    except ValueError as e:
-        raise UserError(f"--targets {args.targets}: {e}") from None
+    design, split = None, None
+    if args.audit == "ulira":
+        try:
+            design = balanced_design(data.train_idx, data.y_train, args.targets, args.shadows, args.seed)
+        except ValueError as e:
+            raise UserError(f"--targets {args.targets}: {e}") from None
+        sets = {"shadow": design.train_sets, "control": design.control_sets}
+        forget_size, retain_size = len(design.forget_sets[0]), len(design.control_sets[0])
+    else:
+        split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
+        sets = {"original": [data.train_idx] * args.shadows, "oracle": [split.retain] * args.shadows}
+        forget_size, retain_size = len(split.forget), len(split.retain)
     fake = {"epochs": args.epochs, "seed": args.seed, "args": {**train_with, **speed(args)}}
     recipe = forget.unlearning_recipe(args, method, kind, Path("shadow models"), fake) if kind != "one-shot" else None
     shadow_recipe = trainer.recipe_of({**train_with, **speed(args)})
     if kind == "retrain" and (args.unlearn_lr is not None or args.unlearn_epochs is not None):
-        print("warning: retrain is the stored controls (retrained on S_k minus F_k with the shadows' recipe); "
-              "--unlearn_lr and --unlearn_epochs do not apply to it", file=sys.stderr)
+        print("warning: retrain is the stored retrained models (controls, or oracles), trained with the ensembles' "
+              "recipe; --unlearn_lr and --unlearn_epochs do not apply to it", file=sys.stderr)
     if kind == "loop":
         try:
-            check_sets(method, addon, len(design.forget_sets[0]), len(design.control_sets[0]))
+            check_sets(method, addon, forget_size, retain_size)
         except ValueError as e:
             raise UserError(str(e)) from None
     key = {"format": 1, "dataset": args.dataset, "subsample": args.subsample, "no_aug": args.no_aug,
            "arch": args.arch, "imagenet_arch": args.imagenet_arch, "recipe": dataclasses.asdict(shadow_recipe),
-           "seed": args.seed,
-           "shadows": args.shadows, "targets": args.targets, "mode": args.ensemble_mode,
-           "design_sha1": design_hash(design)}
+           "seed": args.seed, "shadows": args.shadows, "mode": args.ensemble_mode}
+    if design is not None:
+        key |= {"targets": args.targets, "design_sha1": design_hash(design)}
+        name = f"{args.dataset}_{args.arch}_K{args.shadows}_T{args.targets}_s{args.seed}"
+    else:
+        key |= {"forget_sha1": split.info["forget_sha1"]}
+        name = (f"{args.dataset}_{args.arch}_N{args.shadows}_C{args.class_to_replace}_"
+                f"N{split.info['num_indexes_to_replace']}_s{args.seed}")
     folder = Path(args.ensemble_dir) if args.ensemble_dir else (
-        Path(args.save_dir) / "ensembles" /
-        f"{args.dataset}_{args.arch}_K{args.shadows}_T{args.targets}_s{args.seed}_{_sha1(key)[:10]}")
+        Path(args.save_dir) / "ensembles" / f"{name}_{_sha1(key)[:10]}")
     check_store(folder, key)
     utils.check_writable(args.save_dir)
-    return Audit(args, spec_name(method_name, addon_name), kind, hparams, recipe, shadow_recipe,
-                 data.to(device), design, device, folder, key)
+    return Audit(args, spec_name(method_name, addon_name), kind, hparams, recipe, shadow_recipe, data.to(device),
+                 design, split.to(device) if split is not None else None, sets, device, folder, key)
 
 
 def speed(args: argparse.Namespace) -> dict:
@@ -235,43 +264,53 @@ def check_store(folder: Path, key: dict) -> None:
 
 
 # -------------------------------------------------------------------------------- ensembles
-def ensembles(audit: Audit) -> tuple[list, list]:
-    """The K shadow models (trained on S_k) and K controls (on S_k minus F_k): loaded where stored and
-    sound, trained (and stored) where missing or damaged."""
+def ensembles(audit: Audit) -> dict[str, list]:
+    """Every kind's K models (U-LiRA: `shadow` on S_k and `control` on S_k minus F_k; epsilon and klom:
+    `original` on the training set and `oracle` on D_R, seeds differing): loaded where stored and sound,
+    trained (and stored, one by one) where missing or damaged."""
     audit.folder.mkdir(parents=True, exist_ok=True)
     utils.write_json(audit.key, audit.folder / "design.json")
-    d = audit.design
     out = {}
-    for kind, sets in (("shadow", d.train_sets), ("control", d.control_sets)):
-        models, missing = [None] * d.k, []
-        for k in range(d.k):
+    for kind, sets in audit.sets.items():
+        count = len(sets)
+        models, missing = [None] * count, []
+        for k in range(count):
             models[k] = _load(audit, kind, k)
             if models[k] is None:
                 missing.append(k)
         if missing:
             t0 = time.perf_counter()
-            print(f"{kind} models: training {len(missing)} of {d.k} ({audit.args.ensemble_mode}, "
+            print(f"{kind} models: training {len(missing)} of {count} ({audit.args.ensemble_mode}, "
                   f"{len(sets[missing[0]])} samples each, {audit.train_recipe.epochs} epochs) -> {audit.folder}",
                   flush=True)
-            val = selection_idx(audit.data, None)
+            forgotten = audit.split.info["class_to_replace"] if (
+                kind == "oracle" and audit.split.is_class_forgetting) else None
+            val = selection_idx(audit.data, forgotten)  # main_ideal.py's rule for a class it never saw
             build = lambda: audit.build().to(audit.device)  # noqa: E731
-            try:
-                trained, epochs = fit_many(build, audit.data, [sets[k].to(audit.device) for k in missing], val,
-                                           audit.train_recipe, [audit.seed(k) for k in missing],
-                                           audit.args.ensemble_mode, progress=not audit.args.quiet,
-                                           desc=f"{kind} models")
-            except Diverged as e:
-                raise UserError(f"{kind} model training diverged ({e}): lower --lr") from None
-            for k, model, epoch in zip(missing, trained, epochs):
+
+            def store(i: int, model, epoch: int, kind=kind, missing=missing, models=models) -> None:
+                k = missing[i]  # stored as soon as trained: a stopped run keeps what it finished
                 models[k] = model.to(audit.device)
                 utils.save_checkpoint({"state_dict": {n: v.cpu() for n, v in model.state_dict().items()},
-                                       "kind": kind, "k": k, "design_sha1": audit.key["design_sha1"],
+                                       "kind": kind, "k": k, "design_sha1": _store_id(audit),
                                        "best_epoch": epoch}, _file(audit, kind, k))
+
+            try:
+                fit_many(build, audit.data, [sets[k].to(audit.device) for k in missing], val, audit.train_recipe,
+                         [audit.seed(k) for k in missing], audit.args.ensemble_mode, progress=not audit.args.quiet,
+                         desc=f"{kind} models", on_model=store)
+            except Diverged as e:
+                raise UserError(f"{kind} model training diverged ({e}): lower --lr") from None
             print(f"{kind} models: {len(missing)} trained in {time.perf_counter() - t0:.0f}s", flush=True)
         else:
-            print(f"{kind} models: all {d.k} reused from {audit.folder}", flush=True)
+            print(f"{kind} models: all {count} reused from {audit.folder}", flush=True)
         out[kind] = models
-    return out["shadow"], out["control"]
+    return out
+
+
+def _store_id(audit: Audit) -> str:
+    """What each stored model records of its design: U-LiRA's sets' hash, or the forget set's."""
+    return audit.key.get("design_sha1") or audit.key["forget_sha1"]
 
 
 def _file(audit: Audit, kind: str, k: int) -> Path:
@@ -285,7 +324,7 @@ def _load(audit: Audit, kind: str, k: int):
         return None
     try:
         saved = utils.read_torch_file(path)
-        assert saved["kind"] == kind and saved["k"] == k and saved["design_sha1"] == audit.key["design_sha1"]
+        assert saved["kind"] == kind and saved["k"] == k and saved["design_sha1"] == _store_id(audit)
         model = audit.build()
         model.load_state_dict(saved["state_dict"])
     except Exception as e:  # truncated, foreign, or of another design: trained again
@@ -315,13 +354,13 @@ def unlearn_all(audit: Audit, shadows: list, controls: list) -> tuple[list, list
                             batch_size=a.batch_size)
                 else:
                     unlearn(model, audit.data, split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
-                            initial_model=_initial(audit, k), original_epochs=a.epochs,
+                            initial_model=initial_of(audit, k), original_epochs=a.epochs,
                             **dataclasses.asdict(audit.recipe))
             except Diverged as e:
                 raise UserError(f"{audit.spec} diverged on shadow model {k}: {e}; lower --unlearn_lr or "
                                 f"--unlearn_epochs") from None
         models.append(model.eval())
-        mia.append(_svc(model, audit, split))
+        mia.append(svc_of(model, audit, split))
     return models, mia
 
 
@@ -331,7 +370,7 @@ def _split(d: Design, k: int, device) -> ForgetSplit:
                        {"mode": "subset", "class_to_replace": -1, "num_indexes_to_replace": len(d.forget_sets[k])})
 
 
-def _initial(audit: Audit, k: int):
+def initial_of(audit: Audit, k: int):
     def build():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(audit.seed(k))
@@ -339,7 +378,7 @@ def _initial(audit: Audit, k: int):
     return build
 
 
-def _svc(model, audit: Audit, split: ForgetSplit) -> float:
+def svc_of(model, audit: Audit, split: ForgetSplit) -> float:
     data = audit.data
     f = logits_of(model, data, data.x_train[split.forget]).cpu()
     r = logits_of(model, data, data.x_train[split.retain]).cpu()

@@ -1,0 +1,254 @@
+"""The challenge's forgetting score (`--audit epsilon`) and KLoM (`--audit klom`) in main_audit.py.
+
+Both read one store of K originals (trained on the whole training set, seeds differing) and K
+oracles (retrained on D_R of the forget set the flags name, the same seeds), kept beside U-LiRA's
+under --save_dir/ensembles. The challenge unlearns D_F from the first original K times (seeds
+differing) and compares those K models with the K oracles per forget example; KLoM unlearns D_F
+once from each original and compares the K results with the oracles per point of D_F, D_R and D_V
+(audits/ensemble_scores.py has both definitions and where they follow or leave the sources).
+
+Two reference rows come with every audit: the oracles scored against themselves, one half against
+the other (the noise floor: what K models of the same distribution show), and the originals scored
+as if they were unlearned models (no unlearning: clearly worse than any method that forgets).
+`retrain` is exact: its row is the noise floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import utils
+from audits.ensemble_scores import confidences, epsilons, forget_quality, klom, max_epsilon
+from evaluation.accuracy import accuracy, logits_of
+from experiments import privacy
+from experiments.tracking import Run
+from unlearn import unlearn
+from unlearn.impl import Diverged
+from utils import UserError
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    audits = privacy.resolve_all(args)
+    models = privacy.ensembles(audits[0])
+    originals, oracles = models["original"], models["oracle"]
+    first = audits[0]
+    half = len(oracles) // 2
+    score = SCORES[args.audit]
+    references = {"noise": score(first, oracles[:half], oracles[half:]),
+                  "original": score(first, originals, oracles)}
+    rows = [run_one(audit, originals, oracles, references) for audit in audits]
+    if args.table or len(audits) > 1:
+        write_table(first, rows, Path(args.table) if args.table else first.folder / f"table_{args.audit}.md")
+    return rows
+
+
+def run_one(audit, originals: list, oracles: list, references: dict) -> dict:
+    args = audit.args
+    tracker = Run(args.tracking_uri, args.experiment or f"{args.dataset}-privacy", f"{audit.spec} {args.audit}",
+                  tags={"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                        "git_commit": utils.provenance()["git_commit"], "audit": args.audit})
+    try:
+        tracker.params({**{k: v for k, v in vars(args).items() if k != "methods"}, "unlearn_spec": audit.spec,
+                        "ensemble_folder": str(audit.folder)})
+        t0 = time.perf_counter()
+        half = len(oracles) // 2
+        if audit.kind == "retrain":  # exact: the oracles, one half against the other
+            result = SCORES[args.audit](audit, oracles[:half], oracles[half:])
+            mia = [privacy_svc(audit, m) for m in oracles[:half]]
+        else:
+            sources = [originals[0]] * len(originals) if args.audit == "epsilon" else originals
+            unlearned = unlearn_each(audit, sources)
+            result = SCORES[args.audit](audit, unlearned, oracles)
+            mia = [privacy_svc(audit, m) for m in unlearned]
+        metrics = {k: v for k, v in result.items() if not isinstance(v, dict)}
+        metrics |= {"SVC_MIA": float(np.mean(mia)), "SVC_MIA_std": float(np.std(mia)),
+                    "unlearn_time_s": time.perf_counter() - t0}
+        for name, ref in references.items():
+            metrics |= {f"{name}/{k}": v for k, v in ref.items() if not isinstance(v, dict)}
+        tracker.metrics(metrics)
+        out = audit.folder / "audits" / f"{args.audit}_{audit.spec.replace('+', '_')}_{tracker.id[:8]}"
+        out.mkdir(parents=True, exist_ok=True)
+        for path in write_outputs(audit, result, references, out):
+            tracker.artifact(path)
+    except BaseException as e:
+        tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    tracker.end("FINISHED")
+    report(audit, metrics, out, tracker)
+    return {"method": audit.spec, **metrics}
+
+
+def unlearn_each(audit, sources: list) -> list:
+    """Unlearn D_F from a copy of each source model, run k seeded seed * 1000 + k."""
+    a, out = audit.args, []
+    for k, source in enumerate(tqdm(sources, desc=f"{audit.spec} x{len(sources)}", file=sys.stderr, leave=False,
+                                    disable=True if a.quiet else None)):
+        model = copy.deepcopy(source)
+        try:
+            if audit.kind == "one-shot":
+                unlearn(model, audit.data, audit.split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
+                        batch_size=a.batch_size)
+            else:
+                unlearn(model, audit.data, audit.split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
+                        initial_model=privacy.initial_of(audit, k), original_epochs=a.epochs,
+                        **dataclasses.asdict(audit.recipe))
+        except Diverged as e:
+            raise UserError(f"{audit.spec} diverged on run {k}: {e}; lower --unlearn_lr or --unlearn_epochs") from None
+        out.append(model.eval())
+    return out
+
+
+def privacy_svc(audit, model) -> float:
+    return privacy.svc_of(model, audit, audit.split)
+
+
+def _logits(audit, models: list, idx) -> torch.Tensor:
+    data = audit.data
+    x = data.x_train[idx] if idx is not None else data.x_test
+    out = torch.stack([logits_of(m, data, x).cpu() for m in models])
+    if not torch.isfinite(out).all():
+        raise UserError(f"a model gives non-finite logits ({audit.spec}): the method wrecked it; lower --unlearn_lr "
+                        "or --unlearn_epochs")
+    return out
+
+
+# ------------------------------------------------------------------------------- the scores
+def challenge(audit, unlearned: list, retrained: list) -> dict:
+    """The challenge's figures for `unlearned` against `retrained` (per-example epsilons under "per")."""
+    split, data = audit.split, audit.data
+    y_f = data.y_train[split.forget].cpu()
+    conf_u = confidences(_logits(audit, unlearned, split.forget), y_f)
+    conf_r = confidences(_logits(audit, retrained, split.forget), y_f)
+    eps = epsilons(conf_u, conf_r)
+    k = min(len(unlearned), len(retrained))
+    fq = forget_quality(eps, k)
+
+    def mean_acc(models, idx):
+        y = (data.y_train[idx] if idx is not None else data.y_test).cpu()
+        return float(np.mean([accuracy(lg, y) for lg in _logits(audit, models, idx)]))
+
+    ra = mean_acc(unlearned, split.retain) / mean_acc(retrained, split.retain)
+    ta = mean_acc(unlearned, None) / mean_acc(retrained, None)
+    return {"challenge_score": fq * ra * ta, "forget_quality": fq, "epsilon_mean": float(eps.mean()),
+            "epsilon_median": float(eps.median()), "RA_ratio": ra, "TA_ratio": ta,
+            "max_epsilon": float(max_epsilon(k)), "per": {"epsilon": eps}}
+
+
+def klom_scores(audit, unlearned: list, oracles: list) -> dict:
+    """KLoM's 95th percentiles over D_F, D_R and D_V, and the per-point values under "per"."""
+    split, data = audit.split, audit.data
+    out, per = {}, {}
+    for name, idx in (("forget", split.forget), ("retain", split.retain), ("val", data.val_idx)):
+        y = data.y_train[idx].cpu()
+        values = klom(confidences(_logits(audit, unlearned, idx), y), confidences(_logits(audit, oracles, idx), y))
+        per[name] = values
+        out[f"klom_p95_{name}"] = float(torch.quantile(values, 0.95))
+    return out | {"per": per}
+
+
+SCORES = {"epsilon": challenge, "klom": klom_scores}
+
+
+# ------------------------------------------------------------------------------- record
+def write_outputs(audit, result: dict, references: dict, out: Path) -> list[Path]:
+    """The per-example CSV and a histogram (of epsilon, or of KLoM per split) with the references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split, data, a = audit.split, audit.data, audit.args
+    path = out / "per_example.csv"
+    if a.audit == "epsilon":
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "label", "epsilon", "noise_epsilon", "original_epsilon"])
+            for i, t in enumerate(split.forget.cpu().tolist()):
+                w.writerow([t, int(data.y_train[t]), *(f"{float(r['per']['epsilon'][i]):.4f}"
+                                                       for r in (result, references["noise"], references["original"]))])
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        bins = np.linspace(0, max(float(result["max_epsilon"]) + 1, 1), 25)
+        for name, r in (("method", result), ("oracles vs oracles", references["noise"]),
+                        ("originals", references["original"])):
+            ax.hist(r["per"]["epsilon"].clamp(max=bins[-1]).numpy(), bins=bins, alpha=0.5, label=name)
+        ax.set_xlabel("epsilon per forget example (clipped at the top bin)")
+        ax.set_title(f"{audit.spec}: challenge score {result['challenge_score']:.3f}", fontsize=9)
+    else:
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["split", "index", "klom", "noise_klom", "original_klom"])
+            for name, idx in (("forget", split.forget), ("retain", split.retain), ("val", data.val_idx)):
+                for i, t in enumerate(idx.cpu().tolist()):
+                    w.writerow([name, t, *(f"{float(r['per'][name][i]):.4f}"
+                                           for r in (result, references["noise"], references["original"]))])
+        fig, ax = plt.subplots(figsize=(5.5, 3.4))
+        for name in ("forget", "retain", "val"):
+            ax.hist(result["per"][name].numpy(), bins=30, alpha=0.5, label=f"{name} (P95 "
+                    f"{result[f'klom_p95_{name}']:.2f})")
+        ax.axvline(references["noise"]["klom_p95_forget"], color="k", ls=":", label="noise floor P95 (forget)")
+        ax.set_xlabel("KLoM per point")
+        ax.set_title(f"{audit.spec}: KLoM(unlearned || oracle)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    png = out / f"{a.audit}.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [path, png]
+
+
+FIGURES = {"epsilon": ("challenge_score", "forget_quality", "epsilon_mean", "RA_ratio", "TA_ratio"),
+           "klom": ("klom_p95_forget", "klom_p95_retain", "klom_p95_val")}
+
+
+def report(audit, metrics: dict, out: Path, tracker: Run) -> None:
+    a = audit.args
+    keys = FIGURES[a.audit]
+
+    def line(prefix: str, name: str) -> str:
+        return f"  {name:30s} " + "  ".join(f"{k} {metrics[prefix + k]:.3f}" for k in keys)
+    print(f"{a.audit} of {audit.spec} on {a.dataset}/{a.arch}: K = {len(audit.sets['oracle'])}, forget "
+          f"{len(audit.split.forget)} ({audit.split.info['mode']})")
+    print(line("", audit.spec))
+    print(line("noise/", "oracles vs oracles (halves)"))
+    print(line("original/", "originals, not unlearned"))
+    print(f"  SVC MIA {metrics['SVC_MIA']:.1f} ± {metrics['SVC_MIA_std']:.1f}; unlearning "
+          f"{metrics['unlearn_time_s']:.0f}s")
+    print(f"per-example CSV and plot: {out}; {tracker.where}")
+
+
+def write_table(audit, rows: list[dict], path: Path) -> None:
+    a = audit.args
+    keys = FIGURES[a.audit]
+    first = rows[0]
+    refs = [{"method": name, **{k.removeprefix(f"{key}/"): v for k, v in first.items() if k.startswith(f"{key}/")}}
+            for name, key in (("Originals, not unlearned", "original"), ("Oracles vs oracles (noise floor)", "noise"))]
+    title = "challenge forgetting score" if a.audit == "epsilon" else "KLoM (95th percentile per split)"
+    lines = [f"# {title} on {a.dataset}/{a.arch}: K = {len(audit.sets['oracle'])}, forget "
+             f"{len(audit.split.forget)} ({audit.split.info['mode']}, class {a.class_to_replace})", "",
+             f"Made by `{shlex.join(['python', Path(sys.argv[0]).name, *sys.argv[1:]])}` at commit "
+             f"{utils.git_commit()} on {utils.machine()}; originals and oracles trained {audit.train_recipe.epochs} "
+             f"epochs (lr {audit.train_recipe.lr:g}), seed {a.seed}.", "",
+             "| method | " + " | ".join(keys) + " | SVC MIA |", "|" + " --- |" * (len(keys) + 2)]
+    for row in [*refs, *rows]:
+        mia = f"{row['SVC_MIA']:.1f}" if "SVC_MIA" in row else ""
+        lines.append(f"| {row['method']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + f" | {mia} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    with path.with_suffix(".csv").open("w", newline="") as f:
+        cols = sorted({k for r in [*refs, *rows] for k in r} - {"method"})
+        w = csv.DictWriter(f, ["method", *cols])
+        w.writeheader()
+        for r in [*refs, *rows]:
+            w.writerow(r)
+    print(f"table: {path} and {path.with_suffix('.csv')}")

@@ -1,0 +1,118 @@
+"""The challenge's forgetting score and KLoM (audits/ensemble_scores.py) against their definitions:
+metric.py's statistic, rules, conventions and buckets; KLoM's bins, floor and direction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from audits.ensemble_scores import (
+    EPSILON_CAP,
+    KLOM_FLOOR,
+    confidences,
+    epsilons,
+    example_epsilon,
+    forget_quality,
+    klom,
+    max_epsilon,
+)
+
+
+def grid_epsilon(u: np.ndarray, r: np.ndarray, delta: float = 1e-5) -> float:
+    """metric.py's rules on its grids (step 0.01; intervals in its windows), for comparison."""
+    pos, neg = (r, u) if np.median(r) > np.median(u) else (u, r)
+    both = np.concatenate([u, r])
+    rates = []
+    for t in np.linspace(both.min(), both.max(), math.ceil((both.max() - both.min()) * 100)):
+        rates.append((np.mean(neg >= t), np.mean(pos < t)))
+    ranges = [u.max() - u.min(), r.max() - r.min()]
+    pos, neg = (u, r) if ranges[0] < ranges[1] else (r, u)
+    w = pos.max() - pos.min()
+    for right in np.linspace(pos.min() + w - 2, pos.max() + 2, math.ceil((pos.max() - pos.min() + 4) * 20)):
+        for left in np.linspace(right - w - 2, right - w + 2, 80):
+            rates.append((np.mean((neg >= left) & (neg <= right)), np.mean((pos < left) | (pos > right))))
+    def log(x: float) -> float:
+        return math.log(x) if x > 0 else -math.inf
+
+    best = 0.0
+    for fpr, fnr in rates:
+        if fpr * fnr > 0:
+            best = max(best, log(1 - delta - fpr) - log(fnr), log(1 - delta - fnr) - log(fpr))
+    return min(best, EPSILON_CAP)
+
+
+def test_confidence_is_metric_pys_statistic_for_every_model():
+    logits = torch.tensor([[[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]], [[1.0, 1.0, 1.0], [5.0, -5.0, 0.0]]])
+    y = torch.tensor([0, 2])
+    p = logits.double().softmax(-1)
+    p_y = torch.stack([p[:, 0, 0], p[:, 1, 2]], 1)  # every model's probability of each example's label
+    want = torch.log(p_y) - torch.log(1 - p_y)
+    assert torch.allclose(confidences(logits, y), want)
+
+
+def test_exact_rules_never_fall_below_the_challenges_grid():
+    g = np.random.default_rng(0)
+    for shift in (0.0, 0.5, 1.5):
+        for _ in range(3):
+            u, r = g.normal(shift, 1, 16), g.normal(0, 1.3, 16)
+            ours = example_epsilon(torch.from_numpy(u), torch.from_numpy(r))
+            assert ours >= grid_epsilon(u, r) - 1e-9
+
+
+def test_conventions_separation_and_peaky_give_the_cap_and_signal_raises_epsilon():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(64, 50, generator=g), torch.randn(64, 50, generator=g)
+    assert example_epsilon(a[:, 0] + 100, b[:, 0]) == EPSILON_CAP  # perfectly apart
+    assert example_epsilon(torch.full((64,), 0.3), b[:, 0]) == EPSILON_CAP  # one group has no spread ("peaky")
+    null, shifted = epsilons(a, b), epsilons(a + 1.5, b)
+    assert null.mean() < 2.5 and shifted.mean() > null.mean() + 1
+    assert forget_quality(shifted, 64) < forget_quality(null, 64)
+
+
+def test_forget_quality_buckets():
+    eps = torch.tensor([0.0, 0.49, 0.5, 1.2, 6.9, 7.0, 50.0])
+    points = [1, 1, 0.5, 0.25, 2.0 ** -13, 0, 0]
+    assert max_epsilon(512) == 7 and max_epsilon(64) == 5
+    assert forget_quality(eps, 512) == pytest.approx(sum(points) / 7)
+
+
+def test_klom_bins_floor_and_direction():
+    same = torch.randn(10, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(klom(same, same), torch.zeros(4, dtype=torch.double))
+    # unlearned all in the bottom bin, oracles spread evenly over the 20 bins of their shared range
+    oracle = torch.linspace(0, 19.999, 20)[:, None]
+    unlearned = torch.zeros(5, 1)
+    assert klom(unlearned, oracle).item() == pytest.approx(math.log(1 / (1 / 20)))
+    # the other direction would pay the floor for 19 empty bins: KL(unlearned || oracle) is what we compute
+    assert klom(oracle, unlearned).item() == pytest.approx(19 / 20 * math.log((1 / 20) / KLOM_FLOOR) +
+                                                           1 / 20 * math.log(1 / 20))
+    assert klom(torch.full((4, 1), 1e6), torch.zeros(4, 1)).item() == pytest.approx(math.log(1 / KLOM_FLOOR))
+
+
+@pytest.mark.slow
+def test_main_audit_epsilon_and_klom_share_one_store_and_report_their_references(tmp_path):
+    import csv
+
+    from conftest import run_in_process
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--dataset", "digits", "--subsample", "0.3", "--epochs", "5", "--shadows", "4", "--class_to_replace",
+              "-1", "--num_indexes_to_replace", "20", "--seed", "1", "--save_dir", str(tmp_path / "res"),
+              "--tracking_uri", uri, "--quiet", "--methods", "GA", "retrain", "--unlearn_lr", "0.01"]
+    eps = run_in_process("main_audit.py", "--audit", "epsilon", *common, "--table", str(tmp_path / "eps.md"))
+    assert "original models: training 4 of 4" in eps.stdout and "oracle models: training 4 of 4" in eps.stdout
+    kl = run_in_process("main_audit.py", "--audit", "klom", *common, "--table", str(tmp_path / "klom.md"))
+    assert "original models: all 4 reused" in kl.stdout and "oracle models: all 4 reused" in kl.stdout
+    for name, keys in (("eps", ("challenge_score", "forget_quality", "RA_ratio")),
+                       ("klom", ("klom_p95_forget", "klom_p95_retain", "klom_p95_val"))):
+        rows = {r["method"]: r for r in csv.DictReader((tmp_path / f"{name}.csv").open())}
+        assert list(rows) == ["Originals, not unlearned", "Oracles vs oracles (noise floor)", "GA", "retrain"]
+        for k in keys:  # retrain is exact: its row is the noise floor
+            assert rows["retrain"][k] == rows["Oracles vs oracles (noise floor)"][k]
+            assert float(rows["GA"][k]) >= 0
+    bad = run_in_process("main_audit.py", "--audit", "klom", *common[:common.index("--methods")], "--shadows", "3",
+                         check=False)
+    assert bad.returncode == 2 and "even number, at least 4" in bad.stderr
