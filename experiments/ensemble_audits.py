@@ -16,9 +16,7 @@ as if they were unlearned models (no unlearning: clearly worse than any method t
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
-import dataclasses
 import shlex
 import sys
 import time
@@ -33,8 +31,6 @@ from audits.ensemble_scores import confidences, epsilons, forget_quality, klom, 
 from evaluation.accuracy import accuracy, logits_of
 from experiments import privacy
 from experiments.tracking import Run
-from unlearn import unlearn
-from unlearn.impl import Diverged
 from utils import UserError
 
 
@@ -55,12 +51,8 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 def run_one(audit, originals: list, oracles: list, references: dict) -> dict:
     args = audit.args
-    tracker = Run(args.tracking_uri, args.experiment or f"{args.dataset}-privacy", f"{audit.spec} {args.audit}",
-                  tags={"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                        "git_commit": utils.provenance()["git_commit"], "audit": args.audit})
+    tracker = privacy.open_run(audit)
     try:
-        tracker.params({**{k: v for k, v in vars(args).items() if k != "methods"}, "unlearn_spec": audit.spec,
-                        "ensemble_folder": str(audit.folder)})
         t0 = time.perf_counter()
         half = len(oracles) // 2
         if audit.kind == "retrain":  # exact: the oracles, one half against the other
@@ -91,22 +83,9 @@ def run_one(audit, originals: list, oracles: list, references: dict) -> dict:
 
 def unlearn_each(audit, sources: list) -> list:
     """Unlearn D_F from a copy of each source model, run k seeded seed * 1000 + k."""
-    a, out = audit.args, []
-    for k, source in enumerate(tqdm(sources, desc=f"{audit.spec} x{len(sources)}", file=sys.stderr, leave=False,
-                                    disable=True if a.quiet else None)):
-        model = copy.deepcopy(source)
-        try:
-            if audit.kind == "one-shot":
-                unlearn(model, audit.data, audit.split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
-                        batch_size=a.batch_size)
-            else:
-                unlearn(model, audit.data, audit.split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
-                        initial_model=privacy.initial_of(audit, k), original_epochs=a.epochs,
-                        **dataclasses.asdict(audit.recipe))
-        except Diverged as e:
-            raise UserError(f"{audit.spec} diverged on run {k}: {e}; lower --unlearn_lr or --unlearn_epochs") from None
-        out.append(model.eval())
-    return out
+    return [privacy.unlearned_copy(audit, source, audit.split, k)
+            for k, source in enumerate(tqdm(sources, desc=f"{audit.spec} x{len(sources)}", file=sys.stderr,
+                                            leave=False, disable=True if audit.args.quiet else None))]
 
 
 def privacy_svc(audit, model) -> float:
@@ -213,18 +192,13 @@ FIGURES = {"epsilon": ("challenge_score", "forget_quality", "epsilon_mean", "RA_
 
 def report(audit, metrics: dict, out: Path, tracker: Run) -> None:
     a = audit.args
-    keys = FIGURES[a.audit]
 
-    def line(prefix: str, name: str) -> str:
-        return f"  {name:30s} " + "  ".join(f"{k} {metrics[prefix + k]:.3f}" for k in keys)
-    print(f"{a.audit} of {audit.spec} on {a.dataset}/{a.arch}: K = {len(audit.sets['oracle'])}, forget "
-          f"{len(audit.split.forget)} ({audit.split.info['mode']})")
-    print(line("", audit.spec))
-    print(line("noise/", "oracles vs oracles (halves)"))
-    print(line("original/", "originals, not unlearned"))
-    print(f"  SVC MIA {metrics['SVC_MIA']:.1f} ± {metrics['SVC_MIA_std']:.1f}; unlearning "
-          f"{metrics['unlearn_time_s']:.0f}s")
-    print(f"per-example CSV and plot: {out}; {tracker.where}")
+    def line(prefix: str) -> str:
+        return "  ".join(f"{k} {metrics[prefix + k]:.3f}" for k in FIGURES[a.audit])
+    privacy.print_report(f"{a.audit} of {audit.spec} on {a.dataset}/{a.arch}: K = {len(audit.sets['oracle'])}, "
+                         f"forget {len(audit.split.forget)} ({audit.split.info['mode']})",
+                         [(audit.spec, line("")), ("oracles vs oracles (halves)", line("noise/")),
+                          ("originals, not unlearned", line("original/"))], metrics, out, tracker)
 
 
 def write_table(audit, rows: list[dict], path: Path) -> None:
@@ -243,12 +217,4 @@ def write_table(audit, rows: list[dict], path: Path) -> None:
     for row in [*refs, *rows]:
         mia = f"{row['SVC_MIA']:.1f}" if "SVC_MIA" in row else ""
         lines.append(f"| {row['method']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + f" | {mia} |")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    with path.with_suffix(".csv").open("w", newline="") as f:
-        cols = sorted({k for r in [*refs, *rows] for k in r} - {"method"})
-        w = csv.DictWriter(f, ["method", *cols])
-        w.writeheader()
-        for r in [*refs, *rows]:
-            w.writerow(r)
-    print(f"table: {path} and {path.with_suffix('.csv')}")
+    privacy.save_table(path, lines, [*refs, *rows])

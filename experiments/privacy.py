@@ -126,14 +126,9 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 def run_one(audit: Audit, shadows: list, controls: list, sanity: dict, sanity_mia: dict) -> dict:
     """One method on the stored ensembles: unlearn, attack, log, report; returns its metrics."""
-    args = audit.args
-    tracker = Run(args.tracking_uri, args.experiment or f"{args.dataset}-privacy", f"{audit.spec} {args.audit}",
-                  tags={"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-                        "git_commit": utils.provenance()["git_commit"], "audit": args.audit})
+    tracker = open_run(audit)
     try:
-        tracker.params({**{k: v for k, v in vars(args).items() if k != "methods"}, "unlearn_spec": audit.spec,
-                        "ensemble_folder": str(audit.folder), "statistic": "log p_y - log(1 - p_y)",
-                        "shadow_seeds": f"{args.seed * SEED_STRIDE}+k", **_recipe_params(audit)})
+        tracker.params({"statistic": "log p_y - log(1 - p_y)"})
         t0 = time.perf_counter()
         unlearned, mia = unlearn_all(audit, shadows, controls)
         wall = time.perf_counter() - t0
@@ -344,24 +339,38 @@ def unlearn_all(audit: Audit, shadows: list, controls: list) -> tuple[list, list
     for k in tqdm(range(d.k), desc=f"{audit.spec} on {d.k} shadows", file=sys.stderr, leave=False,
                   disable=True if a.quiet else None):
         split = _split(d, k, audit.device)
-        if audit.kind == "retrain":
-            model = controls[k]
-        else:
-            model = copy.deepcopy(shadows[k])
-            try:
-                if audit.kind == "one-shot":
-                    unlearn(model, audit.data, split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
-                            batch_size=a.batch_size)
-                else:
-                    unlearn(model, audit.data, split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
-                            initial_model=initial_of(audit, k), original_epochs=a.epochs,
-                            **dataclasses.asdict(audit.recipe))
-            except Diverged as e:
-                raise UserError(f"{audit.spec} diverged on shadow model {k}: {e}; lower --unlearn_lr or "
-                                f"--unlearn_epochs") from None
+        model = controls[k] if audit.kind == "retrain" else unlearned_copy(audit, shadows[k], split, k)
         models.append(model.eval())
         mia.append(svc_of(model, audit, split))
     return models, mia
+
+
+def unlearned_copy(audit: Audit, source, split: ForgetSplit, k: int):
+    """A copy of `source` with split.forget unlearned by the method under test, run k (seed
+    seed * 1000 + k), as mlflow_forget.py runs it."""
+    a, model = audit.args, copy.deepcopy(source)
+    try:
+        if audit.kind == "one-shot":
+            unlearn(model, audit.data, split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
+                    batch_size=a.batch_size)
+        else:
+            unlearn(model, audit.data, split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
+                    initial_model=initial_of(audit, k), original_epochs=a.epochs, **dataclasses.asdict(audit.recipe))
+    except Diverged as e:
+        raise UserError(f"{audit.spec} diverged in run {k}: {e}; lower --unlearn_lr or --unlearn_epochs") from None
+    return model.eval()
+
+
+def open_run(audit: Audit) -> Run:
+    """The MLflow run of one audited method (experiment DATASET-privacy), with its parameters."""
+    args = audit.args
+    tracker = Run(args.tracking_uri, args.experiment or f"{args.dataset}-privacy", f"{audit.spec} {args.audit}",
+                  tags={"command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                        "git_commit": utils.provenance()["git_commit"], "audit": args.audit})
+    tracker.params({**{k: v for k, v in vars(args).items() if k != "methods"}, "unlearn_spec": audit.spec,
+                    "ensemble_folder": str(audit.folder), "shadow_seeds": f"{args.seed * SEED_STRIDE}+k",
+                    **_recipe_params(audit)})
+    return tracker
 
 
 def _split(d: Design, k: int, device) -> ForgetSplit:
@@ -493,16 +502,23 @@ def roc(score: torch.Tensor, label: torch.Tensor) -> tuple[np.ndarray, np.ndarra
 
 
 def report(audit: Audit, metrics: dict, out: Path, tracker: Run) -> None:
-    def line(prefix: str, name: str) -> str:
+    def line(prefix: str) -> str:
         g = lambda k: metrics[f"{prefix}ulira_{k}"]  # noqa: E731
-        return (f"  {name:28s} acc {g('acc'):5.1f} ± {g('acc_std'):4.1f}  AUC {g('auc'):5.1f} ± {g('auc_std'):4.1f}  "
+        return (f"acc {g('acc'):5.1f} ± {g('acc_std'):4.1f}  AUC {g('auc'):5.1f} ± {g('auc_std'):4.1f}  "
                 f"vulnerable {g('vulnerable'):5.1f}%  " +
                 "  ".join(f"TPR@{f * 100:g}%FPR {g(f'tpr_at_{f * 100:g}pct'):5.1f}" for f in FPRS))
-    print(f"U-LiRA, {audit.spec} on {audit.args.dataset}/{audit.args.arch}: K={audit.design.k}, "
-          f"|T|={len(audit.design.targets)}, statistic log p_y - log(1 - p_y) (50 is chance)")
-    print(line("", audit.spec))
-    print(line("control/", "controls (retrained: chance)"))
-    print(line("original/", "shadows, not unlearned"))
+    print_report(f"U-LiRA, {audit.spec} on {audit.args.dataset}/{audit.args.arch}: K={audit.design.k}, "
+                 f"|T|={len(audit.design.targets)}, statistic log p_y - log(1 - p_y) (50 is chance)",
+                 [(audit.spec, line("")), ("controls (retrained: chance)", line("control/")),
+                  ("shadows, not unlearned", line("original/"))], metrics, out, tracker)
+
+
+def print_report(header: str, rows: list[tuple[str, str]], metrics: dict, out: Path, tracker: Run) -> None:
+    """What a run prints at its end: the method's and the references' figures, the population attack,
+    and where everything went."""
+    print(header)
+    for name, text in rows:
+        print(f"  {name:30s} {text}")
     print(f"  SVC MIA (population attack) {metrics['SVC_MIA']:.1f} ± {metrics['SVC_MIA_std']:.1f}; "
           f"unlearning {metrics['unlearn_time_s']:.0f}s")
     print(f"per-example CSV and plots: {out}; {tracker.where}")
@@ -544,12 +560,16 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
         lines += ["", f"Ranking, best first. By the SVC MIA's distance to the controls' {ideal_mia:.1f}: "
                       f"{order(svc_gap)}. By U-LiRA's AUC distance to 50: {order(ulira_gap)}. "
                       f"Spearman's rho between the two: {rho:.2f}."]
+    save_table(path, lines, [*sanity, *rows])
+
+
+def save_table(path: Path, lines: list[str], rows: list[dict]) -> None:
+    """The Markdown `lines` at `path`, and every figure of `rows` in a CSV beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     with path.with_suffix(".csv").open("w", newline="") as f:
-        keys = sorted({k for r in [*sanity, *rows] for k in r} - {"method"})
-        w = csv.DictWriter(f, ["method", *keys])
+        w = csv.DictWriter(f, ["method", *sorted({k for r in rows for k in r} - {"method"})])
         w.writeheader()
-        for r in [*sanity, *rows]:
+        for r in rows:
             w.writerow(r)
     print(f"table: {path} and {path.with_suffix('.csv')}")
