@@ -52,7 +52,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 def run_one(audit, originals: list, oracles: list, references: dict) -> dict:
     args = audit.args
     tracker = privacy.open_run(audit)
-    try:
+    with privacy.finishing(tracker):
         t0 = time.perf_counter()
         half = len(oracles) // 2
         if audit.kind == "retrain":  # exact: the oracles, one half against the other
@@ -73,10 +73,6 @@ def run_one(audit, originals: list, oracles: list, references: dict) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         for path in write_outputs(audit, result, references, out):
             tracker.artifact(path)
-    except BaseException as e:
-        tracker.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
-    tracker.end("FINISHED")
     report(audit, metrics, out, tracker)
     return {"method": audit.spec, **metrics}
 

@@ -16,6 +16,7 @@ and rerun of one design reuses them. A model file that does not load, or that re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -127,7 +128,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 def run_one(audit: Audit, shadows: list, controls: list, sanity: dict, sanity_mia: dict) -> dict:
     """One method on the stored ensembles: unlearn, attack, log, report; returns its metrics."""
     tracker = open_run(audit)
-    try:
+    with finishing(tracker):
         tracker.params({"statistic": "log p_y - log(1 - p_y)"})
         t0 = time.perf_counter()
         unlearned, mia = unlearn_all(audit, shadows, controls)
@@ -144,10 +145,6 @@ def run_one(audit: Audit, shadows: list, controls: list, sanity: dict, sanity_mi
         out.mkdir(parents=True, exist_ok=True)
         for path in write_outputs(audit, results, out):
             tracker.artifact(path)
-    except BaseException as e:
-        tracker.end("FAILED", f"{type(e).__name__}: {e}")
-        raise
-    tracker.end("FINISHED")
     report(audit, metrics, out, tracker)
     return {"method": audit.spec, **metrics}
 
@@ -359,6 +356,17 @@ def unlearned_copy(audit: Audit, source, split: ForgetSplit, k: int):
     except Diverged as e:
         raise UserError(f"{audit.spec} diverged in run {k}: {e}; lower --unlearn_lr or --unlearn_epochs") from None
     return model.eval()
+
+
+@contextlib.contextmanager
+def finishing(tracker: Run):
+    """Ends the run FINISHED when the block completes, FAILED (and re-raises) when it does not."""
+    try:
+        yield
+    except BaseException as e:
+        tracker.end("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    tracker.end("FINISHED")
 
 
 def open_run(audit: Audit) -> Run:
