@@ -12,6 +12,10 @@ without their targets (must be at chance) and the shadows before unlearning (mus
 The shadow and control models are stored once under --save_dir/ensembles and reused by every method.
 Logged to MLflow (experiment DATASET-privacy) with a per-example CSV, IN/OUT histograms and ROC curves;
 docs/privacy.md.
+
+--audit epsilon (the NeurIPS 2023 challenge's forgetting score) and --audit klom (KLoM) score the
+forget set the flags name (--class_to_replace, --num_indexes_to_replace) against K models retrained
+without it, from one store of K originals and K oracles that both share.
 """
 
 from experiments import ensemble_audits, privacy

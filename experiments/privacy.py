@@ -62,8 +62,8 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                         "its own published recipe unless the recipe flags say otherwise, and write a table "
                         "(instead of --unlearn)")
     g.add_argument("--table", default=None, metavar="FILE.md",
-                   help="write the methods' table here (default with --methods: table.md in the ensemble folder); "
-                        "a CSV goes beside it")
+                   help="write the methods' table here (default with --methods: table.md, or table_AUDIT.md for "
+                        "epsilon and klom, in the ensemble folder); a CSV goes beside it")
     g.add_argument("--shadows", type=int, default=64, metavar="K",
                    help=f"models per ensemble (default 64). ulira: shadow models, a multiple of 4, at least "
                         f"{MIN_SHADOWS}; epsilon: unlearning runs from one original and retrained models; klom: "
