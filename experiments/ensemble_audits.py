@@ -37,32 +37,32 @@ from utils import UserError
 def main(args: argparse.Namespace) -> list[dict]:
     audits = privacy.resolve_all(args)
     models = privacy.ensembles(audits[0])
-    originals, oracles = models["original"], models["oracle"]
     first = audits[0]
-    half = len(oracles) // 2
+    originals, oracles = outputs(first, models["original"]), outputs(first, models["oracle"])
+    half = len(models["oracle"]) // 2
     score = SCORES[args.audit]
-    references = {"noise": score(first, oracles[:half], oracles[half:]),
+    references = {"noise": score(first, part(oracles, 0, half), part(oracles, half, None)),
                   "original": score(first, originals, oracles)}
-    rows = [run_one(audit, originals, oracles, references) for audit in audits]
+    rows = [run_one(audit, models["original"], models["oracle"], oracles, references) for audit in audits]
     if args.table or len(audits) > 1:
         write_table(first, rows, Path(args.table) if args.table else first.folder / f"table_{args.audit}.md")
     return rows
 
 
-def run_one(audit, originals: list, oracles: list, references: dict) -> dict:
+def run_one(audit, originals: list, oracles: list, oracle_outputs: dict, references: dict) -> dict:
+    """One method: unlearn, score against the oracles' outputs (computed once for every method), log."""
     args = audit.args
     tracker = privacy.open_run(audit)
     with privacy.finishing(tracker):
         t0 = time.perf_counter()
-        half = len(oracles) // 2
-        if audit.kind == "retrain":  # exact: the oracles, one half against the other
-            result = SCORES[args.audit](audit, oracles[:half], oracles[half:])
-            mia = [privacy_svc(audit, m) for m in oracles[:half]]
+        if audit.kind == "retrain":  # exact: the oracles, one half against the other (the noise floor)
+            result = references["noise"]
+            mia = [privacy.svc_of(m, audit, audit.split) for m in oracles[:len(oracles) // 2]]
         else:
             sources = [originals[0]] * len(originals) if args.audit == "epsilon" else originals
             unlearned = unlearn_each(audit, sources)
-            result = SCORES[args.audit](audit, unlearned, oracles)
-            mia = [privacy_svc(audit, m) for m in unlearned]
+            result = SCORES[args.audit](audit, outputs(audit, unlearned), oracle_outputs)
+            mia = [privacy.svc_of(m, audit, audit.split) for m in unlearned]
         metrics = {k: v for k, v in result.items() if not isinstance(v, dict)}
         metrics |= {"SVC_MIA": float(np.mean(mia)), "SVC_MIA_std": float(np.std(mia)),
                     "unlearn_time_s": time.perf_counter() - t0}
@@ -84,51 +84,60 @@ def unlearn_each(audit, sources: list) -> list:
                                             leave=False, disable=True if audit.args.quiet else None))]
 
 
-def privacy_svc(audit, model) -> float:
-    return privacy.svc_of(model, audit, audit.split)
+SPLITS = {"epsilon": ("forget", "retain", "test"), "klom": ("forget", "retain", "val")}  # what each score reads
 
 
-def _logits(audit, models: list, idx) -> torch.Tensor:
-    data = audit.data
-    x = data.x_train[idx] if idx is not None else data.x_test
-    out = torch.stack([logits_of(m, data, x).cpu() for m in models])
-    if not torch.isfinite(out).all():
+def outputs(audit, models: list) -> dict[str, torch.Tensor]:
+    """Every model's logits [K, n, classes] on each split its score reads (D_F, D_R, and D_T or D_V)."""
+    data, split = audit.data, audit.split
+    where = {"forget": data.x_train[split.forget], "retain": data.x_train[split.retain],
+             "val": data.x_train[data.val_idx], "test": data.x_test}
+    out = {name: torch.stack([logits_of(m, data, where[name]).cpu() for m in models])
+           for name in SPLITS[audit.args.audit]}
+    if not all(torch.isfinite(v).all() for v in out.values()):
         raise UserError(f"a model gives non-finite logits ({audit.spec}): the method wrecked it; lower --unlearn_lr "
                         "or --unlearn_epochs")
     return out
 
 
+def part(out: dict, start: int, stop: int | None) -> dict:
+    """Models start..stop of every split's logits."""
+    return {name: v[start:stop] for name, v in out.items()}
+
+
+def labels(audit, name: str) -> torch.Tensor:
+    data, split = audit.data, audit.split
+    idx = {"forget": split.forget, "retain": split.retain, "val": data.val_idx}.get(name)
+    return (data.y_train[idx] if idx is not None else data.y_test).cpu()
+
+
 # ------------------------------------------------------------------------------- the scores
-def challenge(audit, unlearned: list, retrained: list) -> dict:
-    """The challenge's figures for `unlearned` against `retrained` (per-example epsilons under "per")."""
-    split, data = audit.split, audit.data
-    y_f = data.y_train[split.forget].cpu()
-    conf_u = confidences(_logits(audit, unlearned, split.forget), y_f)
-    conf_r = confidences(_logits(audit, retrained, split.forget), y_f)
-    eps = epsilons(conf_u, conf_r)
-    k = min(len(unlearned), len(retrained))
+def challenge(audit, unlearned: dict, retrained: dict) -> dict:
+    """The challenge's figures for the `unlearned` models' logits against the `retrained` ones'
+    (per-example epsilons under "per")."""
+    y_f = labels(audit, "forget")
+    eps = epsilons(confidences(unlearned["forget"], y_f), confidences(retrained["forget"], y_f))
+    k = min(len(unlearned["forget"]), len(retrained["forget"]))
     fq = forget_quality(eps, k)
 
-    def mean_acc(models, idx):
-        y = (data.y_train[idx] if idx is not None else data.y_test).cpu()
-        return float(np.mean([accuracy(lg, y) for lg in _logits(audit, models, idx)]))
+    def mean_acc(out: dict, name: str) -> float:
+        return float(np.mean([accuracy(lg, labels(audit, name)) for lg in out[name]]))
 
-    ra = mean_acc(unlearned, split.retain) / mean_acc(retrained, split.retain)
-    ta = mean_acc(unlearned, None) / mean_acc(retrained, None)
+    ra = mean_acc(unlearned, "retain") / mean_acc(retrained, "retain")
+    ta = mean_acc(unlearned, "test") / mean_acc(retrained, "test")
     return {"challenge_score": fq * ra * ta, "forget_quality": fq, "epsilon_mean": float(eps.mean()),
             "epsilon_median": float(eps.median()), "RA_ratio": ra, "TA_ratio": ta,
             "max_epsilon": float(max_epsilon(k)), "per": {"epsilon": eps}}
 
 
-def klom_scores(audit, unlearned: list, oracles: list) -> dict:
-    """KLoM's 95th percentiles over D_F, D_R and D_V, and the per-point values under "per"."""
-    split, data = audit.split, audit.data
+def klom_scores(audit, unlearned: dict, oracles: dict) -> dict:
+    """KLoM's 95th percentiles over D_F, D_R and D_V from the two groups' logits, and the per-point
+    values under "per"."""
     out, per = {}, {}
-    for name, idx in (("forget", split.forget), ("retain", split.retain), ("val", data.val_idx)):
-        y = data.y_train[idx].cpu()
-        values = klom(confidences(_logits(audit, unlearned, idx), y), confidences(_logits(audit, oracles, idx), y))
-        per[name] = values
-        out[f"klom_p95_{name}"] = float(torch.quantile(values, 0.95))
+    for name in ("forget", "retain", "val"):
+        y = labels(audit, name)
+        per[name] = klom(confidences(unlearned[name], y), confidences(oracles[name], y))
+        out[f"klom_p95_{name}"] = float(torch.quantile(per[name], 0.95))
     return out | {"per": per}
 
 

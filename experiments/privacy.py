@@ -106,8 +106,15 @@ class Audit:
 
 
 def resolve_all(args: argparse.Namespace) -> list[Audit]:
-    """--unlearn, or each of --methods, resolved (all checked before anything trains)."""
-    return [resolve(argparse.Namespace(**(vars(args) | {"unlearn": spec}))) for spec in args.methods or [args.unlearn]]
+    """--unlearn, or each of --methods, resolved (all checked before anything trains). The data, the
+    design and the store are resolved once, with the first; each other method only resolves its own
+    method, recipe and sets check, and shares them."""
+    specs = args.methods or [args.unlearn]
+    first = resolve(argparse.Namespace(**(vars(args) | {"unlearn": specs[0]})))
+    return [first, *(dataclasses.replace(first, **method_part(argparse.Namespace(**(vars(first.args) |
+                                                                                    {"unlearn": spec})),
+                                                              first.design, first.split))
+                     for spec in specs[1:])]
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -161,8 +168,6 @@ def _recipe_params(audit: Audit) -> dict:
 def resolve(args: argparse.Namespace) -> Audit:
     """Check the flags and build the design; a one-line UserError before anything is written."""
     utils.resolve_arch(args)
-    method_name, addon_name, method, addon, hparams = forget.method_of(args)
-    kind = type(method).kind
     if args.audit == "ulira":
         if args.shadows < MIN_SHADOWS or args.shadows % 4:
             raise UserError(f"--shadows {args.shadows}: give a multiple of 4, at least {MIN_SHADOWS} (two folds of "
@@ -185,22 +190,11 @@ def resolve(args: argparse.Namespace) -> Audit:
         except ValueError as e:
             raise UserError(f"--targets {args.targets}: {e}") from None
         sets = {"shadow": design.train_sets, "control": design.control_sets}
-        forget_size, retain_size = len(design.forget_sets[0]), len(design.control_sets[0])
     else:
         split = forget_split(data, args.seed, args.class_to_replace, args.num_indexes_to_replace)
         sets = {"original": [data.train_idx] * args.shadows, "oracle": [split.retain] * args.shadows}
-        forget_size, retain_size = len(split.forget), len(split.retain)
-    fake = {"epochs": args.epochs, "seed": args.seed, "args": {**train_with, **speed(args)}}
-    recipe = forget.unlearning_recipe(args, method, kind, Path("shadow models"), fake) if kind != "one-shot" else None
+    own = method_part(args, design, split)  # the method's checks, before the store is touched
     shadow_recipe = trainer.recipe_of({**train_with, **speed(args)})
-    if kind == "retrain" and (args.unlearn_lr is not None or args.unlearn_epochs is not None):
-        print("warning: retrain is the stored retrained models (controls, or oracles), trained with the ensembles' "
-              "recipe; --unlearn_lr and --unlearn_epochs do not apply to it", file=sys.stderr)
-    if kind == "loop":
-        try:
-            check_sets(method, addon, forget_size, retain_size)
-        except ValueError as e:
-            raise UserError(str(e)) from None
     key = {"format": 1, "dataset": args.dataset, "subsample": args.subsample, "no_aug": args.no_aug,
            "arch": args.arch, "imagenet_arch": args.imagenet_arch, "recipe": dataclasses.asdict(shadow_recipe),
            "seed": args.seed, "shadows": args.shadows, "mode": args.ensemble_mode}
@@ -215,8 +209,31 @@ def resolve(args: argparse.Namespace) -> Audit:
         Path(args.save_dir) / "ensembles" / f"{name}_{_sha1(key)[:10]}")
     check_store(folder, key)
     utils.check_writable(args.save_dir)
-    return Audit(args, spec_name(method_name, addon_name), kind, hparams, recipe, shadow_recipe, data.to(device),
-                 design, split.to(device) if split is not None else None, sets, device, folder, key)
+    return Audit(**own, train_recipe=shadow_recipe, data=data.to(device), design=design,
+                 split=split.to(device) if split is not None else None, sets=sets, device=device, folder=folder,
+                 key=key)
+
+
+def method_part(args: argparse.Namespace, design: Design | None, split: ForgetSplit | None) -> dict:
+    """What is one method's own in an Audit (its args, spec, kind, hyper-parameters and unlearning
+    recipe), resolved for `args.unlearn` on the design's sets or the forget set; a one-line UserError."""
+    method_name, addon_name, method, addon, hparams = forget.method_of(args)
+    kind = type(method).kind
+    train_with = utils.train_recipe(args, RECIPE_PREFIX)
+    fake = {"epochs": args.epochs, "seed": args.seed, "args": {**train_with, **speed(args)}}
+    recipe = forget.unlearning_recipe(args, method, kind, Path("shadow models"), fake) if kind != "one-shot" else None
+    if kind == "retrain" and (args.unlearn_lr is not None or args.unlearn_epochs is not None):
+        print("warning: retrain is the stored retrained models (controls, or oracles), trained with the ensembles' "
+              "recipe; --unlearn_lr and --unlearn_epochs do not apply to it", file=sys.stderr)
+    if kind == "loop":
+        forget_size, retain_size = ((len(design.forget_sets[0]), len(design.control_sets[0])) if design is not None
+                                    else (len(split.forget), len(split.retain)))
+        try:
+            check_sets(method, addon, forget_size, retain_size)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    return {"args": args, "spec": spec_name(method_name, addon_name), "kind": kind, "hparams": hparams,
+            "recipe": recipe}
 
 
 def speed(args: argparse.Namespace) -> dict:
