@@ -16,13 +16,18 @@ docs/privacy.md.
 --audit epsilon (the NeurIPS 2023 challenge's forgetting score) and --audit klom (KLoM) score the
 forget set the flags name (--class_to_replace, --num_indexes_to_replace) against K models retrained
 without it, from one store of K originals and K oracles that both share.
+
+--combine A.csv B.csv ... --table FILE.md puts the three audits' tables into one, with how each score
+ranks the methods and what an add-on changes; --tuned FILE adds each method at tune.py's values.
 """
 
-from experiments import ensemble_audits, privacy
+from experiments import ensemble_audits, privacy, privacy_summary
 from utils import run_main
 
 
 def main(args):
+    if args.combine:
+        return privacy_summary.main(args)
     return privacy.main(args) if args.audit == "ulira" else ensemble_audits.main(args)
 
 

@@ -69,7 +69,7 @@ def run_one(audit, originals: list, oracles: list, oracle_outputs: dict, referen
         for name, ref in references.items():
             metrics |= {f"{name}/{k}": v for k, v in ref.items() if not isinstance(v, dict)}
         tracker.metrics(metrics)
-        out = audit.folder / "audits" / f"{args.audit}_{audit.spec.replace('+', '_')}_{tracker.id[:8]}"
+        out = audit.folder / "audits" / f"{args.audit}_{privacy.slug(audit.spec)}_{tracker.id[:8]}"
         out.mkdir(parents=True, exist_ok=True)
         for path in write_outputs(audit, result, references, out):
             tracker.artifact(path)
@@ -217,7 +217,7 @@ def write_table(audit, rows: list[dict], path: Path) -> None:
              f"{len(audit.split.forget)} ({audit.split.info['mode']}, class {a.class_to_replace})", "",
              f"Made by `{shlex.join(['python', Path(sys.argv[0]).name, *sys.argv[1:]])}` at commit "
              f"{utils.git_commit()} on {utils.machine()}; originals and oracles trained {audit.train_recipe.epochs} "
-             f"epochs (lr {audit.train_recipe.lr:g}), seed {a.seed}.", "",
+             f"epochs (lr {audit.train_recipe.lr:g}), seed {a.seed}; {privacy.recipes_text(a, 'the oracles')}.", "",
              "| method | " + " | ".join(keys) + " | SVC MIA |", "|" + " --- |" * (len(keys) + 2)]
     for row in [*refs, *rows]:
         mia = f"{row['SVC_MIA']:.1f}" if "SVC_MIA" in row else ""

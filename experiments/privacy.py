@@ -61,6 +61,14 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                    help="audit each of these (METHOD[+ADDON] or retrain) in turn on the same ensembles, each at "
                         "its own published recipe unless the recipe flags say otherwise, and write a table "
                         "(instead of --unlearn)")
+    g.add_argument("--tuned", default=None, metavar="FILE",
+                   help="also audit each of --methods at the values tune.py chose (tuned.json of the same data set, "
+                        "architecture and training epochs; rows `METHOD (tuned)`): epsilon and klom take the "
+                        "scenario of the forget set the flags name, ulira the random-forgetting one")
+    g.add_argument("--combine", nargs="+", default=None, metavar="CSV",
+                   help="train and audit nothing: put the tables these audits wrote (their CSVs, any of ulira, "
+                        "epsilon and klom) into one table at --table, with how the scores rank the methods and what "
+                        "each add-on changes")
     g.add_argument("--table", default=None, metavar="FILE.md",
                    help="write the methods' table here (default with --methods: table.md, or table_AUDIT.md for "
                         "epsilon and klom, in the ensemble folder); a CSV goes beside it")
@@ -110,11 +118,68 @@ def resolve_all(args: argparse.Namespace) -> list[Audit]:
     design and the store are resolved once, with the first; each other method only resolves its own
     method, recipe and sets check, and shares them."""
     specs = args.methods or [args.unlearn]
+    entries = [(spec, None) for spec in specs] + tuned_entries(args, specs)
     first = resolve(argparse.Namespace(**(vars(args) | {"unlearn": specs[0]})))
-    return [first, *(dataclasses.replace(first, **method_part(argparse.Namespace(**(vars(first.args) |
-                                                                                    {"unlearn": spec})),
-                                                              first.design, first.split))
-                     for spec in specs[1:])]
+    return [first, *(tuned_part(first, spec, best) for spec, best in entries[1:])]
+
+
+def tuned_part(first: Audit, spec: str, best: dict | None) -> Audit:
+    """The Audit of `spec` on `first`'s data and store: at its published recipe, or at the tuned `best`."""
+    values = {"unlearn": spec}
+    if best is not None:
+        best = dict(best)
+        values |= {"unlearn_lr": best.pop("lr", None), "unlearn_epochs": best.pop("epochs", None), **best}
+    own = method_part(argparse.Namespace(**(vars(first.args) | values)), first.design, first.split)
+    if best is not None:
+        own["spec"] += " (tuned)"
+    return dataclasses.replace(first, **own)
+
+
+def tuned_entries(args: argparse.Namespace, specs: list[str]) -> list[tuple[str, dict]]:
+    """(spec, tuned values) of every spec but retrain, from --tuned (tune.py's tuned.json), checked
+    against the flags: the same data set, subsample, architecture and training epochs, and a scenario
+    that matches (epsilon, klom: the forget set the flags name; ulira: random forgetting)."""
+    if not args.tuned:
+        return []
+    utils.resolve_arch(args)
+    path = Path(args.tuned)
+    if not path.is_file():
+        raise UserError(f"--tuned {path} not found; make it with: python tune.py --preset NAME --search_only")
+    try:
+        doc = json.loads(path.read_text())
+        extra = doc["extra_base"]
+        theirs = {"dataset": doc["dataset"], "arch": doc["arch"], "epochs": doc["epochs"],
+                  "subsample": float(extra[extra.index("--subsample") + 1]) if "--subsample" in extra else 1.0}
+        scenarios = {name: (s["class_to_replace"], s["num_indexes_to_replace"], s["methods"])
+                     for name, s in doc["scenarios"].items()}
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"--tuned {path} is not a tuned.json of tune.py ({e}); make it again with tune.py") from None
+    mine = {k: getattr(args, k) for k in theirs}
+    diff = [f"{k} {theirs[k]!r} (here {mine[k]!r})" for k in theirs if theirs[k] != mine[k]]
+    if diff:
+        raise UserError(f"--tuned {path} was made for another setting: {'; '.join(diff)}; give the flags it was "
+                        f"made with, or tune this setting with tune.py")
+    if args.audit == "ulira":
+        match = [n for n, (c, _, _) in scenarios.items() if c == -1]
+        wanted = "random forgetting (U-LiRA's targets are random samples)"
+    else:
+        match = [n for n, (c, n_, _) in scenarios.items()
+                 if (c, n_) == (args.class_to_replace, args.num_indexes_to_replace)]
+        wanted = f"--class_to_replace {args.class_to_replace} --num_indexes_to_replace {args.num_indexes_to_replace}"
+    if len(match) != 1:
+        raise UserError(f"--tuned {path} has {len(match)} scenarios for {wanted} (it has: "
+                        f"{', '.join(scenarios)}); give a tuned.json with exactly one")
+    methods = scenarios[match[0]][2]
+    missing = [s for s in specs if s != "retrain" and s not in methods]
+    if missing:
+        raise UserError(f"--tuned {path} has no tuned values for {', '.join(missing)} in scenario {match[0]!r} (it "
+                        f"has {', '.join(methods)}); tune them with tune.py --methods, or leave them out")
+    return [(s, methods[s]["best"]) for s in specs if s != "retrain"]
+
+
+def slug(spec: str) -> str:
+    """A method's name as a file-name part: GA+VarGrad (tuned) -> GA_VarGrad_tuned."""
+    return spec.replace("+", "_").replace(" (tuned)", "_tuned")
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -148,7 +213,7 @@ def run_one(audit: Audit, shadows: list, controls: list, sanity: dict, sanity_mi
         for name, values in sanity_mia.items():
             metrics |= {f"{name}/SVC_MIA": float(np.mean(values)), f"{name}/SVC_MIA_std": float(np.std(values))}
         tracker.metrics(metrics)
-        out = audit.folder / "audits" / f"{audit.spec.replace('+', '_')}_{tracker.id[:8]}"
+        out = audit.folder / "audits" / f"{slug(audit.spec)}_{tracker.id[:8]}"
         out.mkdir(parents=True, exist_ok=True)
         for path in write_outputs(audit, results, out):
             tracker.artifact(path)
@@ -555,8 +620,6 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
     from scipy.stats import spearmanr
 
     a, first = audit.args, rows[0]
-    given = "" if a.unlearn_lr is None and a.unlearn_epochs is None else \
-        " with the lr and epochs the command gives (retrain: the controls, as trained)"
     sanity = [{"method": name, **{k.removeprefix(f"{key}/"): v for k, v in first.items() if k.startswith(f"{key}/")}}
               for name, key in (("Shadows, not unlearned", "original"), ("Controls (retrained)", "control"))]
     ideal_mia = first["control/SVC_MIA"]
@@ -567,8 +630,8 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
              f"{len(audit.design.targets)} targets",
              "", f"Made by `{shlex.join(['python', Path(sys.argv[0]).name, *sys.argv[1:]])}` at commit "
                  f"{utils.git_commit()} on {utils.machine()}; shadows trained {audit.train_recipe.epochs} epochs "
-                 f"(lr {audit.train_recipe.lr:g}, batch {audit.train_recipe.batch_size}), seed {a.seed}; each method "
-                 f"at its published recipe{given}. Mean ± std over the attacked models (U-LiRA) or over the "
+                 f"(lr {audit.train_recipe.lr:g}, batch {audit.train_recipe.batch_size}), seed {a.seed}; "
+                 f"{recipes_text(a, 'the controls')}. Mean ± std over the attacked models (U-LiRA) or over the "
                  "unlearned shadows (SVC MIA, the confidence attack with the shadow's retain set as members and "
                  "the test set as non-members). "
                  "U-LiRA: 50 is chance (the ideal); the SVC MIA is read against the controls' value.", "",
@@ -586,6 +649,14 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
                       f"{order(svc_gap)}. By U-LiRA's AUC distance to 50: {order(ulira_gap)}. "
                       f"Spearman's rho between the two: {rho:.2f}."]
     save_table(path, lines, [*sanity, *rows])
+
+
+def recipes_text(a: argparse.Namespace, retrained: str) -> str:
+    """Which recipe the table's method rows ran, for its header."""
+    given = "" if a.unlearn_lr is None and a.unlearn_epochs is None else \
+        f" with the lr and epochs the command gives (retrain: {retrained}, as trained)"
+    tuned = f"; rows `(tuned)` at the values tune.py chose in {a.tuned}" if a.tuned else ""
+    return f"each method at its published recipe{given}{tuned}"
 
 
 def save_table(path: Path, lines: list[str], rows: list[dict]) -> None:

@@ -116,3 +116,75 @@ def test_main_audit_epsilon_and_klom_share_one_store_and_report_their_references
     bad = run_in_process("main_audit.py", "--audit", "klom", *common[:common.index("--methods")], "--shadows", "3",
                          check=False)
     assert bad.returncode == 2 and "even number, at least 4" in bad.stderr
+
+
+def test_main_audit_tuned_rows_take_the_scenarios_values_and_refuse_other_settings(tmp_path):
+    import json
+    from pathlib import Path
+
+    from experiments import privacy
+    from utils import UserError
+
+    tuned = json.loads((Path(__file__).parents[1] / "docs" / "digits-tuned" / "tuned.json").read_text())
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(tuned))
+
+    def audits(*flags):
+        args = privacy.build_parser("").parse_args(
+            ["--dataset", "digits", "--epochs", "30", "--shadows", "4", "--seed", "1", "--save_dir",
+             str(tmp_path / "res"), "--methods", "GA+VarGrad", "SalUn", "retrain", "--tuned", str(path), *flags])
+        return {a.spec: a for a in privacy.resolve_all(args)}
+
+    by = audits("--audit", "epsilon", "--class_to_replace", "3")
+    assert list(by) == ["GA+VarGrad", "RL+SalUn", "retrain", "GA+VarGrad (tuned)", "RL+SalUn (tuned)"]
+    for spec, name in (("GA+VarGrad", "GA+VarGrad"), ("RL+SalUn", "SalUn")):
+        best = tuned["scenarios"]["class 3"]["methods"][name]["best"]
+        published, mine = by[spec], by[f"{spec} (tuned)"]
+        assert (mine.recipe.lr, mine.recipe.epochs) == (best["lr"], best["epochs"])
+        assert (published.recipe.lr, published.recipe.epochs) != (mine.recipe.lr, mine.recipe.epochs)
+        assert {k: v for k, v in mine.hparams.items()} == {k: v for k, v in best.items() if k not in ("lr", "epochs")}
+        assert mine.folder == published.folder  # the same store
+    random = tuned["scenarios"]["random N=122"]["methods"]["GA+VarGrad"]["best"]
+    for flags in (("--audit", "klom", "--class_to_replace", "-1", "--num_indexes_to_replace", "122"),
+                  ("--audit", "ulira", "--shadows", "8")):
+        assert audits(*flags)["GA+VarGrad (tuned)"].recipe.lr == random["lr"]
+    with pytest.raises(UserError, match="another setting: epochs 30 \\(here 5\\)"):
+        audits("--audit", "epsilon", "--class_to_replace", "3", "--epochs", "5")
+    with pytest.raises(UserError, match="0 scenarios for --class_to_replace 5"):
+        audits("--audit", "epsilon", "--class_to_replace", "5")
+    del tuned["scenarios"]["class 3"]["methods"]["SalUn"]
+    path.write_text(json.dumps(tuned))
+    with pytest.raises(UserError, match="no tuned values for SalUn in scenario 'class 3'"):
+        audits("--audit", "epsilon", "--class_to_replace", "3")
+    assert not (tmp_path / "res" / "ensembles").exists()  # nothing trained or written by resolving
+
+
+def test_main_audit_combine_ranks_pairs_and_refuses_other_files(tmp_path):
+    from conftest import run_in_process
+
+    from experiments.privacy import save_table
+    from experiments.privacy_summary import combine, read
+
+    methods = ["GA", "GA+VarGrad", "RL", "retrain"]
+    auc, score, kl, mia = [60.0, 55.0, 52.0, 50.0], [0.0, 0.1, 0.2, 0.3], [5.0, 4.0, 9.0, 3.0], [2.0, 4.0, 30.0, 9.0]
+    save_table(tmp_path / "u.md", [], [{"method": "Controls (retrained)", "ulira_auc": 50.0}]
+               + [{"method": m, "ulira_auc": a, "ulira_tpr_at_1pct": 1.0} for m, a in zip(methods, auc)])
+    save_table(tmp_path / "e.md", [], [{"method": m, "challenge_score": s} for m, s in zip(methods, score)])
+    save_table(tmp_path / "k.md", [], [{"method": m, "klom_p95_forget": k, "SVC_MIA": v}
+                                       for m, k, v in zip(methods, kl, mia)])
+    lines, rows, rho = combine(read([str(tmp_path / f"{n}.csv") for n in "uek"]))
+    text = "\n".join(lines)
+    assert [r["method"] for r in rows] == methods
+    assert "* U-LiRA (AUC distance to 50): RL, GA+VarGrad, GA" in text
+    assert "* SVC MIA (distance to retrain's): GA+VarGrad, GA, RL" in text  # |4-9| < |2-9| < |30-9|
+    assert rho[("ulira_auc", "challenge_score")] == pytest.approx(1.0)
+    assert rho[("ulira_auc", "klom_p95_forget")] == pytest.approx(-0.5)
+    assert "| GA+VarGrad vs GA | +2.0 | -5.0 | +0.0 | +0.100 | - | -1.000 | - | - |" in text
+    (tmp_path / "other.csv").write_text("method,UA\nGA,1\n")
+    bad = run_in_process("main_audit.py", "--combine", str(tmp_path / "other.csv"), "--table",
+                         str(tmp_path / "t.md"), check=False)
+    assert bad.returncode == 2 and "not a table of main_audit.py" in bad.stderr
+    missing = run_in_process("main_audit.py", "--combine", str(tmp_path / "nope.csv"), "--table",
+                             str(tmp_path / "t.md"), check=False)
+    assert missing.returncode == 2 and "nope.csv not found" in missing.stderr
+    assert not (tmp_path / "t.md").exists()
