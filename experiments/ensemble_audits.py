@@ -39,10 +39,10 @@ def main(args: argparse.Namespace) -> list[dict]:
     models = privacy.ensembles(audits[0])
     first = audits[0]
     originals, oracles = outputs(first, models["original"]), outputs(first, models["oracle"])
-    half = len(models["oracle"]) // 2
     score = SCORES[args.audit]
-    references = {"noise": score(first, part(oracles, 0, half), part(oracles, half, None)),
-                  "original": score(first, originals, oracles)}
+    noise = score(first, *halves(oracles, oracles))
+    references = {"noise": noise | halved(noise),
+                  "original": score(first, originals, oracles) | halved(score(first, *halves(originals, oracles)))}
     rows = [run_one(audit, models["original"], models["oracle"], oracles, references) for audit in audits]
     if args.table or len(audits) > 1:
         write_table(first, rows, Path(args.table) if args.table else first.folder / f"table_{args.audit}.md")
@@ -61,7 +61,9 @@ def run_one(audit, originals: list, oracles: list, oracle_outputs: dict, referen
         else:
             sources = [originals[0]] * len(originals) if args.audit == "epsilon" else originals
             unlearned = unlearn_each(audit, sources)
-            result = SCORES[args.audit](audit, outputs(audit, unlearned), oracle_outputs)
+            mine = outputs(audit, unlearned)
+            result = SCORES[args.audit](audit, mine, oracle_outputs)
+            result |= halved(SCORES[args.audit](audit, *halves(mine, oracle_outputs)))
             mia = [privacy.svc_of(m, audit, audit.split) for m in unlearned]
         metrics = {k: v for k, v in result.items() if not isinstance(v, dict)}
         metrics |= {"SVC_MIA": float(np.mean(mia)), "SVC_MIA_std": float(np.std(mia)),
@@ -103,6 +105,19 @@ def outputs(audit, models: list) -> dict[str, torch.Tensor]:
 def part(out: dict, start: int, stop: int | None) -> dict:
     """Models start..stop of every split's logits."""
     return {name: v[start:stop] for name, v in out.items()}
+
+
+def halves(unlearned: dict, oracles: dict) -> tuple[dict, dict]:
+    """The first half of the `unlearned` models and the second half of the oracles: the sizes the noise
+    floor compares (K/2 against K/2, oracles against oracles), so that a score set beside it is read
+    at the same resolution (KLoM's histograms and epsilon's buckets both coarsen as K shrinks)."""
+    h = len(oracles["forget"]) // 2
+    return part(unlearned, 0, h), part(oracles, h, None)
+
+
+def halved(result: dict) -> dict:
+    """`result`'s figures (not its per-example values) renamed KEY_half."""
+    return {f"{k}_half": v for k, v in result.items() if not isinstance(v, dict)}
 
 
 def labels(audit, name: str) -> torch.Tensor:
@@ -191,8 +206,9 @@ def write_outputs(audit, result: dict, references: dict, out: Path) -> list[Path
     return [path, png]
 
 
-FIGURES = {"epsilon": ("challenge_score", "forget_quality", "epsilon_mean", "RA_ratio", "TA_ratio"),
-           "klom": ("klom_p95_forget", "klom_p95_retain", "klom_p95_val")}
+FIGURES = {"epsilon": ("challenge_score", "forget_quality", "epsilon_mean", "RA_ratio", "TA_ratio",
+                       "challenge_score_half"),
+           "klom": ("klom_p95_forget", "klom_p95_retain", "klom_p95_val", "klom_p95_forget_half")}
 
 
 def report(audit, metrics: dict, out: Path, tracker: Run) -> None:
@@ -217,7 +233,9 @@ def write_table(audit, rows: list[dict], path: Path) -> None:
              f"{len(audit.split.forget)} ({audit.split.info['mode']}, class {a.class_to_replace})", "",
              f"Made by `{shlex.join(['python', Path(sys.argv[0]).name, *sys.argv[1:]])}` at commit "
              f"{utils.git_commit()} on {utils.machine()}; originals and oracles trained {audit.train_recipe.epochs} "
-             f"epochs (lr {audit.train_recipe.lr:g}), seed {a.seed}; {privacy.recipes_text(a, 'the oracles')}.", "",
+             f"epochs (lr {audit.train_recipe.lr:g}), seed {a.seed}; {privacy.recipes_text(a, 'the oracles')}. "
+             f"`{keys[-1]}`: the first K/2 models against the last K/2 oracles, the sizes of the noise floor's "
+             "halves, so that it reads against that row.", "",
              "| method | " + " | ".join(keys) + " | SVC MIA |", "|" + " --- |" * (len(keys) + 2)]
     for row in [*refs, *rows]:
         mia = f"{row['SVC_MIA']:.1f}" if "SVC_MIA" in row else ""

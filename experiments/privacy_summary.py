@@ -28,10 +28,12 @@ COLUMNS = [
     ("ulira_auc", "U-LiRA AUC", "ulira", "50"),
     ("ulira_tpr_at_1pct", "U-LiRA TPR@1%", "ulira", None),
     ("challenge_score", "challenge score", "epsilon", "higher"),
+    ("challenge_score_half", "challenge score, K/2", "epsilon", None),
     ("epsilon_mean", "mean epsilon", "epsilon", None),
     ("klom_p95_forget", "KLoM P95 forget", "klom", "lower"),
     ("klom_p95_retain", "KLoM P95 retain", "klom", None),
     ("klom_p95_val", "KLoM P95 val", "klom", None),
+    ("klom_p95_forget_half", "KLoM P95 forget, K/2", "klom", None),
 ]
 # the scores whose rankings are compared: (column, name)
 RANKED = [("SVC_MIA", "SVC MIA (distance to retrain's)"), ("ulira_auc", "U-LiRA (AUC distance to 50)"),
@@ -91,11 +93,11 @@ def combine(tables: dict) -> tuple[list[str], list[dict], dict]:
                                  if m not in REFERENCE_ROWS.values() and not m.startswith(("Shadows", "Originals"))))
     if "retrain" in methods:
         methods.remove("retrain")
-    cols = [c for c in COLUMNS if c[2] in tables]
     rows = []
     for m in [*methods, "retrain"]:
-        rows.append({"method": m, **{c: v for c, _, kind, _ in cols
+        rows.append({"method": m, **{c: v for c, _, kind, _ in COLUMNS
                                      if (v := value(tables, kind, m, c)) is not None}})
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]  # the columns some table gave
     lines = ["| method | " + " | ".join(h for _, h, _, _ in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for row in rows:
         lines.append(f"| {row['method']} | " + " | ".join(_cell(row.get(c), c) for c, _, _, _ in cols) + " |")
@@ -161,7 +163,8 @@ def main(args) -> list[dict]:
             f"{utils.git_commit()} on {utils.machine()}, from the tables it names (each quotes its own command). "
             "Distances to the ideal: the SVC MIA to retrain's value, U-LiRA's AUC to 50 (chance), the challenge "
             "score higher is better, KLoM lower is better (retrain's row is the oracles' noise floor). The SVC MIA "
-            "is the KLoM audit's (the unlearned originals, the forget set the audits name).", ""]
+            "is the KLoM audit's (the unlearned originals, the forget set the audits name). `K/2`: K/2 models against "
+            "the other K/2 oracles, the sizes of the noise floor in retrain's row.", ""]
     save_table(Path(args.table), head + lines, rows)
     return rows
 

@@ -113,6 +113,9 @@ def test_main_audit_epsilon_and_klom_share_one_store_and_report_their_references
         for k in keys:  # retrain is exact: its row is the noise floor
             assert rows["retrain"][k] == rows["Oracles vs oracles (noise floor)"][k]
             assert float(rows["GA"][k]) >= 0
+        # the K/2 figure reads against the noise floor: the same sizes, and for retrain the same models
+        assert rows["retrain"][keys[0] + "_half"] == rows["Oracles vs oracles (noise floor)"][keys[0]]
+        assert float(rows["GA"][keys[0] + "_half"]) >= 0 and rows["Originals, not unlearned"][keys[0] + "_half"]
     bad = run_in_process("main_audit.py", "--audit", "klom", *common[:common.index("--methods")], "--shadows", "3",
                          check=False)
     assert bad.returncode == 2 and "even number, at least 4" in bad.stderr
@@ -179,7 +182,7 @@ def test_main_audit_combine_ranks_pairs_and_refuses_other_files(tmp_path):
     assert "* SVC MIA (distance to retrain's): GA+VarGrad, GA, RL" in text  # |4-9| < |2-9| < |30-9|
     assert rho[("ulira_auc", "challenge_score")] == pytest.approx(1.0)
     assert rho[("ulira_auc", "klom_p95_forget")] == pytest.approx(-0.5)
-    assert "| GA+VarGrad vs GA | +2.0 | -5.0 | +0.0 | +0.100 | - | -1.000 | - | - |" in text
+    assert "| GA+VarGrad vs GA | +2.0 | -5.0 | +0.0 | +0.100 | -1.000 |" in text
     (tmp_path / "other.csv").write_text("method,UA\nGA,1\n")
     bad = run_in_process("main_audit.py", "--combine", str(tmp_path / "other.csv"), "--table",
                          str(tmp_path / "t.md"), check=False)
