@@ -191,3 +191,26 @@ def test_main_audit_combine_ranks_pairs_and_refuses_other_files(tmp_path):
                              str(tmp_path / "t.md"), check=False)
     assert missing.returncode == 2 and "nope.csv not found" in missing.stderr
     assert not (tmp_path / "t.md").exists()
+
+
+@pytest.mark.slow
+def test_klom_ranks_the_originals_worse_than_a_method_that_forgets_the_class(tmp_path):
+    """The sanity on class forgetting, where the originals know the class and the oracles do not: a
+    method that forgets it (FT on D_R, which erodes a class it never sees) scores clearly better on
+    D_F than the originals, and the originals clearly worse than the noise floor. K = 32: at K = 8
+    every P95 on D_F sits at the floor's ceiling (about 10), the noise floor's included."""
+    import csv
+
+    from conftest import run_in_process
+
+    run_in_process("main_audit.py", "--audit", "klom", "--dataset", "digits", "--subsample", "0.3", "--epochs", "5",
+                   "--shadows", "32", "--class_to_replace", "3", "--seed", "1", "--save_dir", str(tmp_path / "res"),
+                   "--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--quiet", "--methods", "FT",
+                   "--unlearn_lr", "0.05", "--unlearn_epochs", "5", "--table", str(tmp_path / "klom.md"))
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "klom.csv").open())}
+    original, ft = float(rows["Originals, not unlearned"]["klom_p95_forget"]), float(rows["FT"]["klom_p95_forget"])
+    noise = float(rows["Oracles vs oracles (noise floor)"]["klom_p95_forget"])
+    assert original > ft + 1 and original > noise + 1, (original, ft, noise)
+    # at the noise floor's sizes too (K/2 against K/2; measured 10.1 against 7.5, the floor 6.3)
+    half = {k: float(rows[k]["klom_p95_forget_half"]) for k in ("Originals, not unlearned", "FT")}
+    assert half["Originals, not unlearned"] > half["FT"] + 1, half
