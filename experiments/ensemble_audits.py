@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     noise = score(first, *halves(oracles, oracles))
     references = {"noise": noise | halved(noise),
                   "original": score(first, originals, oracles) | halved(score(first, *halves(originals, oracles)))}
-    rows = [run_one(audit, models["original"], models["oracle"], oracles, references) for audit in audits]
+    rows = privacy.each_row(audits, lambda audit: run_one(audit, models["original"], models["oracle"], oracles,
+                                                          references))
     if args.table or len(audits) > 1:
         write_table(first, rows, Path(args.table) if args.table else first.folder / f"table_{args.audit}.md")
     return rows
@@ -225,7 +226,7 @@ def report(audit, metrics: dict, out: Path, tracker: Run) -> None:
 def write_table(audit, rows: list[dict], path: Path) -> None:
     a = audit.args
     keys = FIGURES[a.audit]
-    first = rows[0]
+    first = next(r for r in rows if "diverged" not in r)
     refs = [{"method": name, **{k.removeprefix(f"{key}/"): v for k, v in first.items() if k.startswith(f"{key}/")}}
             for name, key in (("Originals, not unlearned", "original"), ("Oracles vs oracles (noise floor)", "noise"))]
     title = "challenge forgetting score" if a.audit == "epsilon" else "KLoM (95th percentile per split)"
@@ -238,6 +239,9 @@ def write_table(audit, rows: list[dict], path: Path) -> None:
              "halves, so that it reads against that row.", "",
              "| method | " + " | ".join(keys) + " | SVC MIA |", "|" + " --- |" * (len(keys) + 2)]
     for row in [*refs, *rows]:
+        if "diverged" in row:
+            lines.append(privacy.diverged_cells(row, len(keys) + 1))
+            continue
         mia = f"{row['SVC_MIA']:.1f}" if "SVC_MIA" in row else ""
         lines.append(f"| {row['method']} | " + " | ".join(f"{row[k]:.3f}" for k in keys) + f" | {mia} |")
     privacy.save_table(path, lines, [*refs, *rows])

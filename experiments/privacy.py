@@ -191,7 +191,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     sanity_mia = {name: [svc_of(m, audits[0], _split(audits[0].design, k, audits[0].device))
                          for k, m in enumerate(models)] for name, models in (("control", controls),
                                                                                ("original", shadows))}
-    rows = [run_one(audit, shadows, controls, sanity, sanity_mia) for audit in audits]
+    rows = each_row(audits, lambda audit: run_one(audit, shadows, controls, sanity, sanity_mia))
     if args.table or len(audits) > 1:
         write_table(audits[0], rows, Path(args.table) if args.table else audits[0].folder / "table.md")
     return rows
@@ -436,8 +436,37 @@ def unlearned_copy(audit: Audit, source, split: ForgetSplit, k: int):
             unlearn(model, audit.data, split, a.unlearn, seed=audit.seed(k), hparams=audit.hparams,
                     initial_model=initial_of(audit, k), original_epochs=a.epochs, **dataclasses.asdict(audit.recipe))
     except Diverged as e:
-        raise UserError(f"{audit.spec} diverged in run {k}: {e}; lower --unlearn_lr or --unlearn_epochs") from None
+        raise MethodDiverged(f"{audit.spec} diverged in run {k}: {e}; lower --unlearn_lr or --unlearn_epochs") \
+            from None
     return model.eval()
+
+
+class MethodDiverged(UserError):
+    """A method's unlearning diverged on one of its runs. Alone (--unlearn) it ends the audit with its
+    one line; in a --methods table its row says so and the other methods still run (each_row)."""
+
+
+def each_row(audits: list[Audit], run) -> list[dict]:
+    """run(audit) for every audit, in turn. With several methods, one that diverges gets the row
+    {method, diverged: why} (its MLflow run ends FAILED) and the others run: an hour's table is not
+    lost to one learning rate. Alone, or if every method diverges, the one-line error stands."""
+    rows = []
+    for audit in audits:
+        try:
+            rows.append(run(audit))
+        except MethodDiverged as e:
+            if len(audits) == 1:
+                raise
+            print(f"warning: {e}; its row in the table says so, the other methods run", file=sys.stderr)
+            rows.append({"method": audit.spec, "diverged": str(e)})
+    if all("diverged" in r for r in rows):
+        raise UserError(f"every method diverged ({'; '.join(r['diverged'] for r in rows)})")
+    return rows
+
+
+def diverged_cells(row: dict, n: int) -> str:
+    """A table line for a row that diverged: why in the first cell, '-' in the other n - 1."""
+    return f"| {row['method']} | diverged: {row['diverged']} |" + " - |" * (n - 1)
 
 
 @contextlib.contextmanager
@@ -619,7 +648,7 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
     models), the two sanity rows first, and whether the two attacks rank the methods alike."""
     from scipy.stats import spearmanr
 
-    a, first = audit.args, rows[0]
+    a, first = audit.args, next(r for r in rows if "diverged" not in r)
     sanity = [{"method": name, **{k.removeprefix(f"{key}/"): v for k, v in first.items() if k.startswith(f"{key}/")}}
               for name, key in (("Shadows, not unlearned", "original"), ("Controls (retrained)", "control"))]
     ideal_mia = first["control/SVC_MIA"]
@@ -637,9 +666,12 @@ def write_table(audit: Audit, rows: list[dict], path: Path) -> None:
                  "U-LiRA: 50 is chance (the ideal); the SVC MIA is read against the controls' value.", "",
              "| method | " + " | ".join(c for _, c in cols) + " |", "|" + " --- |" * (len(cols) + 1)]
     for row in [*sanity, *rows]:
+        if "diverged" in row:
+            lines.append(diverged_cells(row, len(cols)))
+            continue
         cells = [f"{row[k]:.1f} ± {row[k + '_std']:.1f}" if k + "_std" in row else f"{row[k]:.1f}" for k, _ in cols]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
-    methods = [r for r in rows if r["method"] != "retrain"]
+    methods = [r for r in rows if r["method"] != "retrain" and "diverged" not in r]
     if len(methods) >= 3:
         svc_gap = [abs(r["SVC_MIA"] - ideal_mia) for r in methods]
         ulira_gap = [abs(r["ulira_auc"] - 50) for r in methods]

@@ -62,8 +62,9 @@ def read(paths: list[str]) -> dict[str, dict[str, dict]]:
             reader = csv.DictReader(f)
             kind = kind_of(reader.fieldnames or [], p)
             rows = tables.setdefault(kind, {})
-            for row in reader:
-                rows[row["method"]] = {k: float(v) for k, v in row.items() if k != "method" and v not in ("", None)}
+            for row in reader:  # a method that diverged has no figures: its cells stay empty
+                rows[row["method"]] = {k: float(v) for k, v in row.items()
+                                       if k not in ("method", "diverged") and v not in ("", None)}
     return tables
 
 

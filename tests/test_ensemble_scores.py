@@ -214,3 +214,34 @@ def test_klom_ranks_the_originals_worse_than_a_method_that_forgets_the_class(tmp
     # at the noise floor's sizes too (K/2 against K/2; measured 10.1 against 7.5, the floor 6.3)
     half = {k: float(rows[k]["klom_p95_forget_half"]) for k in ("Originals, not unlearned", "FT")}
     assert half["Originals, not unlearned"] > half["FT"] + 1, half
+
+
+def test_a_method_that_diverges_gets_its_row_and_the_others_still_run(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.privacy import MethodDiverged, diverged_cells, each_row, save_table
+    from experiments.privacy_summary import combine, read
+    from utils import UserError
+
+    ran = []
+
+    def run(audit):
+        ran.append(audit.spec)
+        if audit.spec.endswith("(tuned)"):
+            raise MethodDiverged(f"{audit.spec} diverged in run 3: loss is nan; lower --unlearn_lr")
+        return {"method": audit.spec, "klom_p95_forget": 2.0, "SVC_MIA": 5.0}
+
+    audits = [SimpleNamespace(spec=s) for s in ("GA", "GA (tuned)", "GA+VarGrad", "retrain")]
+    rows = each_row(audits, run)
+    assert ran == ["GA", "GA (tuned)", "GA+VarGrad", "retrain"]  # the ones after it still ran
+    assert rows[1] == {"method": "GA (tuned)", "diverged": "GA (tuned) diverged in run 3: loss is nan; lower "
+                                                             "--unlearn_lr"}
+    assert diverged_cells(rows[1], 3) == f"| GA (tuned) | diverged: {rows[1]['diverged']} | - | - |"
+    with pytest.raises(MethodDiverged, match="diverged in run 3"):  # alone, the one-line error stands
+        each_row([audits[1]], run)
+    with pytest.raises(UserError, match="every method diverged"):
+        each_row([audits[1], audits[1]], run)
+    save_table(tmp_path / "k.md", [], rows)  # the CSV keeps the row; --combine leaves its cells empty
+    lines, combined, _ = combine(read([str(tmp_path / "k.csv")]))
+    assert [r["method"] for r in combined] == ["GA", "GA (tuned)", "GA+VarGrad", "retrain"]
+    assert combined[1] == {"method": "GA (tuned)"} and "| GA (tuned) |  |  |" in "\n".join(lines)
