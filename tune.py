@@ -146,7 +146,7 @@ class Pilot:
         from dataset import forget_split, load_data
         from evaluation.accuracy import model_outputs
         from evaluation.selection import validation_metrics
-        from models import create_model
+        from models import from_checkpoint
         from unlearn.api import initial_model
 
         d, arch, epochs = grid.datasets[0], grid.archs[0], grid.epochs[grid.datasets[0]]
@@ -164,17 +164,12 @@ class Pilot:
         ideal_ckpt = utils.load_checkpoint(ideal_path, dataset=d, arch=arch)
         check_ideal(ideal_path, ideal_ckpt, seed, self.split, c, "remove it and rerun tune.py to retrain it")
 
-        def build(c_: dict):
-            net = create_model(c_["arch"], c_["num_classes"], data.in_channels, c_.get("imagenet_arch", False))
-            net.load_state_dict(c_["state_dict"])
-            return net
-
-        self.fresh = lambda: build(self.ckpt)  # noqa: E731
+        self.fresh = lambda: from_checkpoint(self.ckpt, data.in_channels, arch)  # noqa: E731
         self.initial_model = initial_model(self.ckpt, data.in_channels, torch.device("cpu"))
         self.outputs = lambda m: model_outputs(m, data, self.split.forget, self.split.retain,  # noqa: E731
                                                self.forgotten)
         self.metrics = lambda m: validation_metrics(self.outputs(m), seed, svc_max)  # noqa: E731
-        self.ideal = self.metrics(build(ideal_ckpt))
+        self.ideal = self.metrics(from_checkpoint(ideal_ckpt, data.in_channels, arch))
 
 
 def run_trial(pilot: Pilot, spec: str, values: dict, on_epoch_end=None):

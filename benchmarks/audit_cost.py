@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import utils  # noqa: E402
 from audits import AUDITS, AuditBudget, run_audits  # noqa: E402
 from dataset import forget_split, load_data  # noqa: E402
-from models import create_model  # noqa: E402
+from models import from_checkpoint  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,10 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              split.info["num_indexes_to_replace"])
 
     def build(path):
-        c = utils.load_checkpoint(path, dataset=a.dataset, arch=arch)
-        net = create_model(arch, c["num_classes"], data.in_channels, c.get("imagenet_arch", False))
-        net.load_state_dict(c["state_dict"])
-        return net
+        return from_checkpoint(utils.load_checkpoint(path, dataset=a.dataset, arch=arch), data.in_channels, arch)
 
     original, ideal = build(original_path), build(ideal_path)
     print(f"audit cost on {utils.cpu_info()[0]} ({torch.get_num_threads()} threads), {a.dataset}/{arch}, forget "

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset import forget_split, load_data  # noqa: E402
 from evaluation.accuracy import split_accuracies  # noqa: E402
 from experiments import trainer  # noqa: E402
-from models import create_model  # noqa: E402
+from models import from_checkpoint  # noqa: E402
 from unlearn import unlearn  # noqa: E402
 from unlearn.api import initial_model  # noqa: E402
 from unlearn.impl import Diverged  # noqa: E402
@@ -46,8 +46,7 @@ def main() -> None:
     seed = ckpt["seed"]
     data = load_data(ckpt["dataset"], args.data, seed, ckpt["num_classes"]).to(device)
     split = forget_split(data, seed, args.class_to_replace, args.num_indexes_to_replace).to(device)
-    original = create_model(ckpt["arch"], ckpt["num_classes"], data.in_channels).to(device)
-    original.load_state_dict(ckpt["state_dict"])
+    original = from_checkpoint(ckpt, data.in_channels).to(device)
     forgotten = args.class_to_replace if split.is_class_forgetting else None
     print(f"{ckpt['dataset']}/{ckpt['arch']} seed {seed}, forget {split.info['mode']} N={len(split.forget)}, "
           f"lr {args.unlearn_lr or 'of each method'}, {args.unlearn_epochs or 'of each method'} epochs, "

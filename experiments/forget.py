@@ -22,7 +22,7 @@ from evaluation.report import against_references, model_metrics, polarity, summa
 from experiments import trainer
 from experiments.references import audited, reference
 from experiments.tracking import FileRun, Run
-from models import create_model
+from models import from_checkpoint
 from unlearn import ADDONS, METHODS, choices_text, hyperparameters, make, parse_unlearn, spec_name, unlearn
 from unlearn.api import initial_model
 from unlearn.impl import BN_STATS, OPTIMIZERS, Diverged, check_sets, recipe_for
@@ -236,11 +236,7 @@ class Plan:
 
     def build(self, c: dict):
         """A function building the model of checkpoint `c` on the run's device."""
-        def build():
-            net = create_model(self.arch, c["num_classes"], self.data.in_channels, c.get("imagenet_arch", False))
-            net.load_state_dict(c["state_dict"])
-            return net.to(self.device)
-        return build
+        return lambda: from_checkpoint(c, self.data.in_channels, self.arch).to(self.device)
 
 
 @dataclasses.dataclass

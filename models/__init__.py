@@ -42,4 +42,12 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, imagenet_arc
     return MODELS[name].build(num_classes=num_classes, in_channels=in_channels, imagenet_arch=imagenet_arch)
 
 
+def from_checkpoint(ckpt: dict, in_channels: int, arch: str | None = None) -> nn.Module:
+    """The model a checkpoint holds: its architecture (`arch` where the checkpoint names none), its
+    classes, its ImageNet stem or not, and its weights (on the CPU; move it where it runs)."""
+    net = create_model(ckpt.get("arch") or arch, ckpt["num_classes"], in_channels, ckpt.get("imagenet_arch", False))
+    net.load_state_dict(ckpt["state_dict"])
+    return net
+
+
 from models import resnet, small_cnn, vgg  # noqa: E402,F401  (registers the models)

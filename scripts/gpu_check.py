@@ -49,7 +49,7 @@ def _script_equals_library(device: str, epochs: int, specs: tuple[str, ...] = SP
     import utils
     from dataset import forget_split, load_data
     from experiments import trainer
-    from models import create_model
+    from models import from_checkpoint
     from unlearn import unlearn
     from unlearn.api import initial_model
 
@@ -72,9 +72,7 @@ def _script_equals_library(device: str, epochs: int, specs: tuple[str, ...] = SP
             saved.unlink()
             runs = []
             for _ in range(2):
-                model = create_model(ckpt["arch"], ckpt["num_classes"], data.in_channels)
-                model.load_state_dict(ckpt["state_dict"])
-                model.to(device)
+                model = from_checkpoint(ckpt, data.in_channels).to(device)
                 result = unlearn(model, data, split, spec, seed=1, original_epochs=epochs,
                                  initial_model=initial_model(ckpt, data.in_channels, device),
                                  train_recipe=trainer.recipe_of(ckpt["args"]))

@@ -49,3 +49,19 @@ def test_last_linear_finds_a_nested_classifier():
     # the per-batch accuracy the loop logs, in percent
     logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0], [1.0, 0.0]])
     assert float(accuracy(logits, torch.tensor([0, 1, 1, 1]))) == 50.0
+
+
+def test_from_checkpoint_rebuilds_the_architecture_stem_classes_and_weights():
+    from models import from_checkpoint
+
+    torch.manual_seed(0)
+    saved = create_model("resnet18", num_classes=5, in_channels=3, imagenet_arch=True)
+    ckpt = {"arch": "resnet18", "num_classes": 5, "imagenet_arch": True, "state_dict": saved.state_dict()}
+    x = torch.randn(2, 3, 32, 32)
+    for arch in (None, "vgg16_bn"):  # the checkpoint's own architecture wins over the caller's guess
+        net = from_checkpoint(ckpt, in_channels=3, arch=arch).eval()
+        assert net.stem[0].kernel_size == (7, 7)  # the ImageNet stem, not the CIFAR one
+        assert torch.equal(net(x), saved.eval()(x))
+    old = {k: v for k, v in ckpt.items() if k not in ("arch", "imagenet_arch")} | {
+        "state_dict": create_model("smallcnn", 5, 1).state_dict()}  # a checkpoint that names no arch
+    assert from_checkpoint(old, in_channels=1, arch="smallcnn").fc.out_features == 5
