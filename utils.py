@@ -219,6 +219,26 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
+_SHA1_MEMO: dict[tuple, str] = {}
+
+
+def file_sha1(path: str | Path) -> str:
+    """sha1 of a file's bytes: what a cache keyed by a checkpoint's content keys it by. Remembered in
+    this process per (inode, size, mtime, ctime): a file rewritten in place changes its ctime, which
+    no copy or touch can set back, so it is hashed again."""
+    import hashlib
+
+    st = os.stat(path)
+    memo = (str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if memo not in _SHA1_MEMO:
+        h = hashlib.sha1()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA1_MEMO[memo] = h.hexdigest()
+    return _SHA1_MEMO[memo]
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write atomically (a writer's own temp file + rename) so an interrupted save never leaves half a
     checkpoint, and two writers never write into the same file."""

@@ -260,14 +260,10 @@ def resolve(args: argparse.Namespace) -> Audit:
         sets = {"original": [data.train_idx] * args.shadows, "oracle": [split.retain] * args.shadows}
     own = method_part(args, design, split)  # the method's checks, before the store is touched
     shadow_recipe = trainer.recipe_of({**train_with, **speed(args)})
-    key = {"format": 1, "dataset": args.dataset, "subsample": args.subsample, "no_aug": args.no_aug,
-           "arch": args.arch, "imagenet_arch": args.imagenet_arch, "recipe": dataclasses.asdict(shadow_recipe),
-           "seed": args.seed, "shadows": args.shadows, "mode": args.ensemble_mode}
+    key = store_key(args, shadow_recipe, design, split)
     if design is not None:
-        key |= {"targets": args.targets, "design_sha1": design_hash(design)}
         name = f"{args.dataset}_{args.arch}_K{args.shadows}_T{args.targets}_s{args.seed}"
     else:
-        key |= {"forget_sha1": split.info["forget_sha1"]}
         name = (f"{args.dataset}_{args.arch}_N{args.shadows}_C{args.class_to_replace}_"
                 f"N{split.info['num_indexes_to_replace']}_s{args.seed}")
     folder = Path(args.ensemble_dir) if args.ensemble_dir else (
@@ -277,6 +273,21 @@ def resolve(args: argparse.Namespace) -> Audit:
     return Audit(**own, train_recipe=shadow_recipe, data=data.to(device), design=design,
                  split=split.to(device) if split is not None else None, sets=sets, device=device, folder=folder,
                  key=key)
+
+
+def store_key(args: argparse.Namespace, recipe, design: Design | None, split: ForgetSplit | None) -> dict:
+    """What every model of an ensemble store depends on (its design.json; each part tested alone in
+    tests/test_caches.py): the data (data set and --subsample; --no_aug changes the batches), the
+    architecture, the shadows' whole training recipe (speed options included), the seed every model's
+    seed derives from, K, how they are trained (stacked or sequential sum in other orders), and the sets
+    they train on: U-LiRA's design (targets, membership, every shadow's set: its sha1, which --targets
+    also names for the folder), or the forget set (its sha1; the oracles train on the rest)."""
+    key = {"format": 1, "dataset": args.dataset, "subsample": args.subsample, "no_aug": args.no_aug,
+           "arch": args.arch, "imagenet_arch": args.imagenet_arch, "recipe": dataclasses.asdict(recipe),
+           "seed": args.seed, "shadows": args.shadows, "mode": args.ensemble_mode}
+    if design is not None:
+        return key | {"targets": args.targets, "design_sha1": design_hash(design)}
+    return key | {"forget_sha1": split.info["forget_sha1"]}
 
 
 def method_part(args: argparse.Namespace, design: Design | None, split: ForgetSplit | None) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -77,9 +78,31 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
             print(f"{kind} model: another run trained {path} while this one waited for it; reusing it")
             return path
         if args.resume and path.is_file():
+            check_finished(path, args, split, ideal)
             print(f"{kind} model: {path} is finished; --resume leaves it as it is")
             return path
         return _train(args, kind, path, data, split, model, train_idx, ideal)
+
+
+def check_finished(path: Path, args: argparse.Namespace, split: ForgetSplit, ideal: bool) -> None:
+    """Refuse to reuse a finished checkpoint (--resume) that this run would not have trained: another
+    training recipe or seed, other data (data set, sizes, --subsample, --no_aug) or, for an ideal model,
+    another forget set. The file name holds only the seed, architecture, epochs and C, N."""
+    ckpt = utils.load_checkpoint(path, made_by="a run without --resume, after removing it")
+    theirs, mine = ckpt.get("split", {}), split.info
+    parts = ["dataset", "seed", "num_train", "num_val", "num_test"] + (["forget_sha1"] if ideal else [])
+    differ = [p for p in parts if theirs.get(p) != mine[p]]
+    made_with = ckpt.get("args") or {}
+    differ += [f"--{flag}" for flag, default in (("no_aug", False), ("subsample", 1.0))
+               if made_with.get(flag, default) != getattr(args, flag)]
+    try:
+        if recipe_of(ckpt["args"]) != recipe_of(args):
+            differ.append("training recipe")
+    except (KeyError, TypeError):
+        differ.append("training recipe (not recorded)")
+    if differ:
+        raise UserError(f"{path} is finished but was made with another {', '.join(differ)} than this run's flags; "
+                        "remove it to train it again, or pass the flags it was made with")
 
 
 def made_since(path: Path, started: float, split: ForgetSplit) -> bool:
@@ -153,18 +176,29 @@ def fit(model, data, train_idx, val_idx, recipe: Recipe, seed: int, quiet: bool,
     `resume`, continued from what is there; returns (history, best epoch, wall time in seconds)."""
     saved = None
     if resume and state is not None and state.is_file():
-        saved = _load_state(state, recipe, seed)
+        saved = _load_state(state, recipe, seed, sets_record(data, train_idx, val_idx))
         print(f"{kind} model: resuming after epoch {saved['loop']['epoch']} of {recipe.epochs} from {state}")
 
     def save_state(loop_state: dict) -> None:
-        utils.save_checkpoint({**loop_state, "recipe": dataclasses.asdict(recipe), "seed": seed}, state)
+        utils.save_checkpoint({**loop_state, "recipe": dataclasses.asdict(recipe), "seed": seed,
+                               "sets": sets_record(data, train_idx, val_idx)}, state)
 
     return training.fit(model, data, train_idx, val_idx, recipe, seed, progress=not quiet, kind=kind,
                      save_state=save_state if state is not None else None, saved=saved)
 
 
-def _load_state(path: Path, recipe: Recipe, seed: int) -> dict:
-    """A resumable state, refused when damaged or made for another recipe or seed."""
+def sets_record(data, train_idx, val_idx) -> dict:
+    """What a resumable state records of the data it trains on: the data set, its class count, and the
+    sha1 of the training and the validation indices (the forget set, the seed's hold-out, --subsample)."""
+    def sha1(idx) -> str:
+        return hashlib.sha1(idx.cpu().numpy().astype("int64").tobytes()).hexdigest()
+
+    return {"dataset": data.name, "num_classes": data.num_classes, "train_sha1": sha1(train_idx),
+            "val_sha1": sha1(val_idx)}
+
+
+def _load_state(path: Path, recipe: Recipe, seed: int, sets: dict | None = None) -> dict:
+    """A resumable state, refused when damaged or made for another recipe, seed or training data."""
     try:
         saved = utils.read_torch_file(path)
         ok = isinstance(saved, dict) and {"loop", "best", "recipe", "seed", "wall"} <= set(saved)
@@ -176,6 +210,9 @@ def _load_state(path: Path, recipe: Recipe, seed: int) -> dict:
     if saved["recipe"] != dataclasses.asdict(recipe) or saved["seed"] != seed:
         raise UserError(f"{path} was saved by a run with another recipe or seed: remove it, or pass that run's "
                         "arguments")
+    if sets is not None and saved.get("sets") != sets:
+        raise UserError(f"{path} was saved by a run on other training data (data set, forget set, --subsample or "
+                        "validation hold-out): remove it, or pass that run's arguments")
     return saved
 
 

@@ -1,0 +1,460 @@
+"""Every cache and store is keyed by everything its value depends on.
+
+A figure read back from a cache that outlived a change of what it was computed from is served
+silently. For each cache the toolkit keeps, each part of its key is changed alone: the next read
+recomputes (or refuses, in one line); with nothing changed, it reads back. What each key holds, and why,
+is written beside the key (experiments/references.py, experiments/privacy.py, experiments/trainer.py,
+tune.py, experiments/privacy.py's tuned_entries):
+
+* reference evaluations (`*.eval_*.pt`): references.reference_key
+* reference audits (`*.audit_*.pt`): references.audit_key
+* ensemble stores (`ensembles/*/design.json`, one file per model): privacy.store_key, privacy._load
+* resumable training states (`*.resume.pt`) and finished checkpoints reused by --resume: trainer
+* tune.py's studies (their `setting`) and tuned.json read by main_audit.py --tuned
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+import utils
+from audits import AuditBudget
+from audits.ulira import balanced_design
+from dataset import forget_split, load_data
+from experiments import privacy, references, trainer
+from models import create_model
+from unlearn.impl import Recipe
+
+
+# ------------------------------------------------------------------------------ helpers
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", "./data", seed=1)
+
+
+def _checkpoint(path, seed: int):
+    torch.manual_seed(seed)
+    model = create_model("smallcnn", 10, 1)
+    utils.save_checkpoint({"state_dict": model.state_dict()}, path)
+    return model
+
+
+def _rewrite_keeping_stat(path, seed: int) -> None:
+    """Other weights written into the same file (same inode), with its size and modification time set
+    back: only its bytes tell the two apart (as a checkpoint copied over another with `cp -p`)."""
+    import io
+
+    st = path.stat()
+    torch.manual_seed(seed)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": create_model("smallcnn", 10, 1).state_dict()}, buffer)
+    with open(path, "r+b") as f:
+        f.write(buffer.getvalue())
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _with_info(split, **change):
+    return dataclasses.replace(split, info={**split.info, **change})
+
+
+class Counter:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        return {"value": float(self.calls)}
+
+
+# ------------------------------------------------------------------------- reference evaluations
+@pytest.fixture
+def evaluation(tmp_path, digits, monkeypatch):
+    """reference() on a random smallcnn checkpoint; model_metrics replaced by a counter, so a read-back
+    returns the first computation's value and a recomputation the next one."""
+    path = tmp_path / "1smallcnn_ep3model_SA_best.pth.tar"
+    model = _checkpoint(path, 0)
+    metrics = Counter()
+    monkeypatch.setattr(references, "model_metrics", lambda out, seed, svc_max: metrics())
+    split = forget_split(digits, 1, -1, 40)
+
+    def run(path=path, split=split, forgotten=None, seed=1, svc_max=50):
+        m, out = references.reference(path, lambda: model, digits, split, forgotten, seed, svc_max)
+        return m["value"], out
+
+    return run, path, split, metrics
+
+
+def test_a_reference_evaluation_is_read_back_when_nothing_changed(evaluation):
+    run, path, split, metrics = evaluation
+    first, out = run()
+    again, out_again = run()
+    assert (first, again, metrics.calls) == (1.0, 1.0, 1)
+    assert torch.equal(out.forget, out_again.forget) and torch.equal(out.y_test, out_again.y_test)
+    assert len(list(path.parent.glob("*.eval_*.pt"))) == 1
+
+
+EVAL_CHANGES = {
+    "checkpoint bytes": lambda path, split: (_rewrite_keeping_stat(path, 1), {}),
+    "forget set": lambda path, split: (None, {"split": _with_info(split, forget_sha1="0" * 40)}),
+    "split seed": lambda path, split: (None, {"split": _with_info(split, seed=2)}),
+    "data set": lambda path, split: (None, {"split": _with_info(split, dataset="fashion-mnist")}),
+    "test size": lambda path, split: (None, {"split": _with_info(split, num_test=split.info["num_test"] - 1)}),
+    "validation size": lambda path, split: (None, {"split": _with_info(split, num_val=split.info["num_val"] + 1)}),
+    "training size": lambda path, split: (None, {"split": _with_info(split, num_train=split.info["num_train"] - 1)}),
+    "forgotten class": lambda path, split: (None, {"forgotten": 3}),
+    "metric seed": lambda path, split: (None, {"seed": 2}),
+    "SVC cap": lambda path, split: (None, {"svc_max": 60}),
+}
+
+
+@pytest.mark.parametrize("part", list(EVAL_CHANGES))
+def test_a_reference_evaluation_is_recomputed_when_one_part_of_its_key_changes(evaluation, part):
+    run, path, split, metrics = evaluation
+    assert run()[0] == 1.0
+    _, kwargs = EVAL_CHANGES[part](path, split)
+    assert run(**kwargs)[0] == 2.0, part
+    assert metrics.calls == 2
+
+
+def test_a_reference_evaluation_is_recomputed_after_a_new_metric_version(evaluation, monkeypatch):
+    run, *_, metrics = evaluation
+    run()
+    monkeypatch.setattr(references, "EVAL_VERSION", references.EVAL_VERSION + 1)
+    assert run()[0] == 2.0
+
+
+def test_a_cache_file_holding_another_key_is_recomputed_not_served(evaluation):
+    """A file under the right name whose stored key is another's (copied in, or a name clash)."""
+    run, path, split, metrics = evaluation
+    run()
+    (cache,) = path.parent.glob("*.eval_*.pt")
+    saved = utils.read_torch_file(cache)
+    torch.save({"key": {**saved["key"], "seed": 99}, "value": saved["value"]}, cache)
+    assert run()[0] == 2.0
+    assert utils.read_torch_file(cache)["key"] == saved["key"]  # rewritten with this run's key
+    assert run()[0] == 2.0
+
+
+def test_the_checkpoint_is_keyed_by_its_bytes_not_its_path(evaluation, tmp_path):
+    """A moved or copied folder of references keeps its caches; only what a figure depends on counts."""
+    run, path, split, metrics = evaluation
+    run()
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for f in path.parent.glob("1smallcnn*"):
+        f.rename(moved / f.name)
+    assert run(path=moved / path.name)[0] == 1.0
+
+
+# --------------------------------------------------------------------------- reference audits
+@pytest.fixture
+def audit_cache(tmp_path, digits, monkeypatch):
+    path, other = tmp_path / "ideal.pth.tar", tmp_path / "original.pth.tar"
+    model = _checkpoint(path, 0)
+    _checkpoint(other, 1)
+    audits = Counter()
+    monkeypatch.setattr(references, "run_audits", lambda *a, **k: audits())
+    split = forget_split(digits, 1, -1, 40)
+
+    def run(names=("probe", "relearn"), split=split, seed=1, budget=None, context=None):
+        budget = AuditBudget() if budget is None else budget
+        context = {"original": (other, None)} if context is None else context
+        return references.audited(path, model, digits, split, list(names), seed, budget, context)["value"]
+
+    return run, path, other, split
+
+
+BUDGET_CHANGES = {f.name: (f.default * 2 if not isinstance(f.default, bool) else not f.default)
+                  for f in dataclasses.fields(AuditBudget)}
+
+
+def test_audits_are_read_back_when_nothing_changed_whatever_the_order_of_their_names(audit_cache):
+    run, *_ = audit_cache
+    assert run(["probe", "relearn"]) == 1.0
+    assert run(["relearn", "probe"]) == 1.0
+
+
+@pytest.mark.parametrize("part", ["checkpoint bytes", "other checkpoint bytes", "other checkpoint's role",
+                                  "forget set", "split seed", "test size", "audit names", "seed", "version",
+                                  *(f"budget {f}" for f in BUDGET_CHANGES)])
+def test_audits_are_recomputed_when_one_part_of_their_key_changes(audit_cache, part, monkeypatch):
+    run, path, other, split = audit_cache
+    assert run() == 1.0
+    kwargs = {}
+    if part == "checkpoint bytes":
+        _rewrite_keeping_stat(path, 2)
+    elif part == "other checkpoint bytes":
+        _rewrite_keeping_stat(other, 3)
+    elif part == "other checkpoint's role":
+        kwargs["context"] = {"ideal": (other, None)}
+    elif part == "forget set":
+        kwargs["split"] = _with_info(split, forget_sha1="0" * 40)
+    elif part == "split seed":
+        kwargs["split"] = _with_info(split, seed=2)
+    elif part == "test size":
+        kwargs["split"] = _with_info(split, num_test=1)
+    elif part == "audit names":
+        kwargs["names"] = ["probe"]
+    elif part == "seed":
+        kwargs["seed"] = 2
+    elif part == "version":
+        monkeypatch.setattr(references, "AUDIT_VERSION", references.AUDIT_VERSION + 1)
+    else:
+        field = part.removeprefix("budget ")
+        kwargs["budget"] = AuditBudget(**{field: BUDGET_CHANGES[field]})
+    assert run(**kwargs) == 2.0, part
+
+
+# ---------------------------------------------------------------------------- ensemble stores
+def _store_args(**change) -> argparse.Namespace:
+    base = dict(dataset="digits", subsample=1.0, no_aug=False, arch="smallcnn", imagenet_arch=False, seed=1,
+                shadows=8, ensemble_mode="sequential", targets=20)
+    return argparse.Namespace(**base | change)
+
+
+@pytest.fixture(scope="module")
+def design(digits):
+    return balanced_design(digits.train_idx, digits.y_train, 20, 8, 1)
+
+
+STORE_FLAG_CHANGES = {"dataset": "fashion-mnist", "subsample": 0.5, "no_aug": True, "arch": "resnet18",
+                      "imagenet_arch": True, "seed": 2, "shadows": 16, "ensemble_mode": "stacked", "targets": 40}
+
+
+@pytest.mark.parametrize("part", [*STORE_FLAG_CHANGES, *(f"recipe {f.name}" for f in dataclasses.fields(Recipe)),
+                                  "design"])
+def test_an_ensemble_store_key_changes_with_each_part_and_another_is_refused(tmp_path, design, digits, part):
+    base = privacy.store_key(_store_args(), Recipe(), design, None)
+    args, recipe, d = _store_args(), Recipe(), design
+    if part in STORE_FLAG_CHANGES:
+        args = _store_args(**{part: STORE_FLAG_CHANGES[part]})
+    elif part.startswith("recipe "):
+        field = part.removeprefix("recipe ")
+        value = getattr(recipe, field)
+        other = {bool: lambda v: not v, list: lambda v: [*v, 7], str: lambda v: "adam" if v == "sgd" else "freeze"}
+        recipe = dataclasses.replace(recipe, **{field: other.get(type(value), lambda v: v * 2 + 1)(value)})
+    else:  # the key's "format" is a constant: raised by hand when the record's layout changes
+        d = balanced_design(digits.train_idx, digits.y_train, 20, 8, 2)
+    key = privacy.store_key(args, recipe, d, None)
+    assert key != base and privacy._sha1(key) != privacy._sha1(base)
+    folder = tmp_path / "store"
+    folder.mkdir()
+    utils.write_json(base, folder / "design.json")
+    privacy.check_store(folder, base)  # the same design: accepted
+    with pytest.raises(utils.UserError, match="holds an ensemble made for another design"):
+        privacy.check_store(folder, key)
+
+
+def test_a_forget_set_store_is_keyed_by_its_forget_set(digits):
+    a = forget_split(digits, 1, 3, None)
+    b = forget_split(digits, 1, 4, None)
+    ka, kb = (privacy.store_key(_store_args(), Recipe(), None, s) for s in (a, b))
+    assert ka["forget_sha1"] == a.info["forget_sha1"] and ka != kb
+    assert privacy.store_key(_store_args(), Recipe(), None, forget_split(digits, 1, 3, None)) == ka
+
+
+@pytest.mark.parametrize("part", ["targets", "member", "train_sets"])
+def test_the_design_hash_covers_targets_membership_and_every_set(design, part):
+    """F_k (targets in S_k) and the controls (S_k minus F_k) follow from these three."""
+    changed = dataclasses.replace(design)
+    if part == "targets":
+        changed.targets = design.targets.clone()
+        changed.targets[0] += 1
+    elif part == "member":
+        changed.member = design.member.clone()
+        changed.member[0, 0] = ~changed.member[0, 0]
+    else:
+        changed.train_sets = [s.clone() for s in design.train_sets]
+        changed.train_sets[-1][-1] += 1
+    assert privacy.design_hash(changed) != privacy.design_hash(design)
+
+
+@pytest.mark.parametrize("change", [None, "kind", "k", "design"])
+def test_a_stored_model_of_another_kind_index_or_design_is_trained_again(tmp_path, change, capsys):
+    model = create_model("smallcnn", 10, 1)
+    audit = argparse.Namespace(folder=tmp_path, key={"design_sha1": "abc"}, device="cpu",
+                               build=lambda: create_model("smallcnn", 10, 1))
+    record = {"state_dict": model.state_dict(), "kind": "shadow", "k": 3, "design_sha1": "abc", "best_epoch": 1}
+    if change is not None:
+        record |= {"kind": "control"} if change == "kind" else {"k": 4} if change == "k" else {"design_sha1": "x"}
+    utils.save_checkpoint(record, tmp_path / "shadow_003.pt")
+    loaded = privacy._load(audit, "shadow", 3)
+    if change is None:
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    else:
+        assert loaded is None and "training it again" in capsys.readouterr().err
+
+
+def test_resolve_names_the_folder_by_the_key_and_refuses_a_store_of_another_design(tmp_path):
+    parser = privacy.build_parser("test")
+    common = ["--dataset", "digits", "--save_dir", str(tmp_path), "--shadows", "8", "--targets", "20",
+              "--epochs", "2", "--unlearn", "GA"]
+    audit = privacy.resolve(parser.parse_args(common))
+    assert audit.folder.name.endswith(privacy._sha1(audit.key)[:10])
+    assert audit.key == privacy.store_key(audit.args, audit.train_recipe, audit.design, None)
+    audit.folder.mkdir(parents=True)
+    utils.write_json(audit.key, audit.folder / "design.json")
+    other = privacy.resolve(parser.parse_args([*common, "--lr", "0.05"]))
+    assert other.folder != audit.folder
+    with pytest.raises(utils.UserError, match=r"\(recipe differ\)"):
+        privacy.resolve(parser.parse_args([*common, "--lr", "0.05", "--ensemble_dir", str(audit.folder)]))
+
+
+# ---------------------------------------------------------------------- resumable training states
+def _state(path, recipe: Recipe, seed: int, sets: dict) -> None:
+    utils.save_checkpoint({"loop": {}, "best": {}, "wall": 0.0, "recipe": dataclasses.asdict(recipe),
+                           "seed": seed, "sets": sets}, path)
+
+
+@pytest.mark.parametrize("part", [None, "seed", *(f"recipe {f.name}" for f in dataclasses.fields(Recipe)),
+                                  "data set", "class count", "training set", "validation set"])
+def test_a_resumable_state_is_refused_when_one_thing_it_was_trained_for_differs(tmp_path, digits, part):
+    split = forget_split(digits, 1, -1, 40)
+    sets = trainer.sets_record(digits, split.retain, digits.val_idx)
+    path = tmp_path / "x.resume.pt"
+    _state(path, Recipe(), 1, sets)
+    recipe, seed, mine = Recipe(), 1, sets
+    if part == "seed":
+        seed = 2
+    elif part and part.startswith("recipe "):
+        field = part.removeprefix("recipe ")
+        value = getattr(recipe, field)
+        other = {bool: lambda v: not v, list: lambda v: [*v, 7], str: lambda v: "adam" if v == "sgd" else "freeze"}
+        recipe = dataclasses.replace(recipe, **{field: other.get(type(value), lambda v: v * 2 + 1)(value)})
+    elif part == "data set":
+        mine = trainer.sets_record(dataclasses.replace(digits, name="fashion-mnist"), split.retain, digits.val_idx)
+    elif part == "class count":
+        mine = trainer.sets_record(dataclasses.replace(digits, num_classes=11), split.retain, digits.val_idx)
+    elif part == "training set":
+        mine = trainer.sets_record(digits, digits.train_idx, digits.val_idx)
+    elif part == "validation set":
+        mine = trainer.sets_record(digits, split.retain, load_data("digits", "./data", seed=2).val_idx)
+    if part is None:
+        assert trainer._load_state(path, recipe, seed, mine)["seed"] == 1
+    else:
+        assert mine != sets or seed != 1 or recipe != Recipe()
+        with pytest.raises(utils.UserError, match="another recipe or seed|other training data"):
+            trainer._load_state(path, recipe, seed, mine)
+
+
+def _train_args(**change) -> argparse.Namespace:
+    args = trainer.build_parser("test").parse_args(["--dataset", "digits", "--epochs", "3"])
+    return argparse.Namespace(**vars(args) | change)
+
+
+@pytest.mark.parametrize("part", [None, "lr", "batch_size", "weight_decay", "no_aug", "data set", "split seed",
+                                  "subsample", "sizes", "forget set (ideal)", "forget set (original)"])
+def test_a_finished_checkpoint_is_reused_by_resume_only_for_the_same_training(tmp_path, digits, part):
+    split = forget_split(digits, 1, 3, None)
+    path = tmp_path / "model.pth.tar"
+    utils.save_checkpoint({"state_dict": {}, "args": vars(_train_args()), "split": split.info}, path)
+    args, mine, ideal = _train_args(), split, True
+    if part in ("lr", "batch_size", "weight_decay"):
+        args = _train_args(**{part: getattr(args, part) * 2})
+    elif part == "no_aug":
+        args = _train_args(no_aug=True)
+    elif part == "data set":
+        mine = _with_info(split, dataset="fashion-mnist")
+    elif part == "split seed":
+        mine = _with_info(split, seed=2)
+    elif part == "subsample":
+        args = _train_args(subsample=0.5)
+    elif part == "sizes":
+        mine = _with_info(split, num_train=split.info["num_train"] // 2, num_test=split.info["num_test"] // 2)
+    elif part is not None:
+        mine, ideal = _with_info(split, forget_sha1="0" * 40), part == "forget set (ideal)"
+    if part is None or part == "forget set (original)":  # the original model trains on every sample
+        trainer.check_finished(path, args, mine, ideal)
+    else:
+        with pytest.raises(utils.UserError, match="is finished but was made with another"):
+            trainer.check_finished(path, args, mine, ideal)
+
+
+def test_resume_refuses_a_finished_checkpoint_of_another_recipe_and_keeps_it(tmp_path):
+    from conftest import run_in_process
+
+    common = ["main_baseline.py", "--dataset", "digits", "--epochs", "1", "--seed", "4", "--quiet",
+              "--save_dir", str(tmp_path)]
+    run_in_process(*common)
+    path = tmp_path / "4smallcnn_ep1model_SA_best.pth.tar"
+    before = path.read_bytes()
+    proc = run_in_process(*common, "--resume", "--lr", "0.05", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "is finished but was made with another training recipe" in proc.stderr.strip().splitlines()[-1]
+    assert path.read_bytes() == before
+    assert "--resume leaves it as it is" in run_in_process(*common, "--resume").stdout
+
+
+# ------------------------------------------------------------------- tune.py's studies, tuned.json
+def test_a_study_refuses_each_part_of_another_setting(tmp_path):
+    import tune
+    from experiments.sweep import Grid
+    from unlearn.search import Range
+
+    grid = Grid(datasets=["digits"], archs=["smallcnn"], seeds=[1], epochs={"digits": 5}, forget=[(-1, 40)],
+                unlearn=["GA"], extra_base=["--subsample", "1.0"], extra=["--mia_svc_max", "50"])
+    space = {"lr": Range(1e-4, 1e-1, log=True)}
+    args = dict(grid=grid, spec="GA", c=-1, n=40, pilot_seed=7, trials=4, space=space, methods=["GA", "FT"])
+    base = tune.setting_of(**args)
+    changes = {"grid": [dataclasses.replace(grid, datasets=["fashion-mnist"], epochs={"fashion-mnist": 5}),
+                        dataclasses.replace(grid, archs=["resnet18"]),
+                        dataclasses.replace(grid, epochs={"digits": 6}),
+                        dataclasses.replace(grid, extra_base=["--subsample", "0.5"]),
+                        dataclasses.replace(grid, extra=["--mia_svc_max", "60"])],
+               "spec": ["FT"], "c": [3], "n": [41], "pilot_seed": [8], "trials": [5],
+               "space": [{"lr": Range(1e-4, 1e-2, log=True)}], "methods": [["GA"]]}
+    storage = tune.make_storage(None, tmp_path)
+    tune.open_study(storage, "s", base, pilot_seed=7)
+    tune.open_study(storage, "s", tune.setting_of(**args), pilot_seed=7)  # the same: accepted
+    seen = 0
+    for name, values in changes.items():
+        for value in values:
+            setting = tune.setting_of(**args | {name: value})
+            assert setting != base, name
+            with pytest.raises(utils.UserError, match="was started for another setting"):
+                tune.open_study(storage, "s", setting, pilot_seed=7)
+            seen += 1
+    assert seen == 12
+
+
+def _tuned_doc(**change) -> dict:
+    doc = {"dataset": "digits", "arch": "smallcnn", "epochs": 30, "extra_base": ["--subsample", "0.5"],
+           "scenarios": {"random 40": {"class_to_replace": -1, "num_indexes_to_replace": 40,
+                                       "methods": {"GA": {"best": {"lr": 1e-3, "epochs": 3}}}}}}
+    return doc | change
+
+
+def _tuned_args(tmp_path, doc: dict, **change) -> argparse.Namespace:
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps(doc))
+    base = dict(tuned=str(path), dataset="digits", arch="smallcnn", epochs=30, subsample=0.5, audit="epsilon",
+                class_to_replace=-1, num_indexes_to_replace=40, imagenet_arch=False)
+    return argparse.Namespace(**base | change)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({}, None),
+    ({"dataset": "fashion-mnist"}, "made for another setting: dataset"),
+    ({"arch": "resnet18"}, "made for another setting: arch"),
+    ({"epochs": 31}, "made for another setting: epochs"),
+    ({"subsample": 1.0}, "made for another setting: subsample"),
+    ({"num_indexes_to_replace": 41}, "0 scenarios for --class_to_replace -1 --num_indexes_to_replace 41"),
+    ({"class_to_replace": 3, "num_indexes_to_replace": 40}, "0 scenarios for --class_to_replace 3"),
+])
+def test_tuned_values_are_read_only_for_the_setting_they_were_tuned_in(tmp_path, change, message):
+    args = _tuned_args(tmp_path, _tuned_doc(), **change)
+    if message is None:
+        assert privacy.tuned_entries(args, ["GA", "retrain"]) == [("GA", {"lr": 1e-3, "epochs": 3})]
+    else:
+        with pytest.raises(utils.UserError, match=message):
+            privacy.tuned_entries(args, ["GA"])
+    with pytest.raises(utils.UserError, match="no tuned values for FT"):
+        privacy.tuned_entries(_tuned_args(tmp_path, _tuned_doc()), ["GA", "FT"])
