@@ -106,7 +106,8 @@ def epsilons(unlearned: Tensor, retrained: Tensor, delta: float = DELTA) -> Tens
     """Per example, epsilon from statistics [K_u, n] and [K_r, n] (models x examples)."""
     if unlearned.shape[1] != retrained.shape[1]:
         raise ValueError(f"{unlearned.shape[1]} and {retrained.shape[1]} examples: give the same forget set")
-    return torch.tensor([example_epsilon(unlearned[:, i], retrained[:, i], delta) for i in range(unlearned.shape[1])])
+    return torch.tensor([example_epsilon(unlearned[:, i], retrained[:, i], delta) for i in range(unlearned.shape[1])],
+                        dtype=torch.float64)  # float32 could move an epsilon across a bucket's edge
 
 
 def max_epsilon(k: int) -> int:

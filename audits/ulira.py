@@ -176,7 +176,9 @@ def tpr_at(score: Tensor, label: Tensor, fpr: float) -> float:
     are called where score > threshold); in %. With fewer than 1/fpr negatives that is the TPR at an
     FPR of 0 (above every negative)."""
     neg = score[~label].sort(descending=True).values
-    allowed = int(math.floor(fpr * len(neg)))  # negatives that may sit above the threshold
+    n = len(neg)
+    allowed = int(math.floor(fpr * n))  # negatives that may sit above the threshold: the most with a / n <= fpr
+    allowed += allowed < n and (allowed + 1) / n <= fpr  # fpr * n can round below an integer (0.29 * 100)
     threshold = neg[allowed] if allowed < len(neg) else -float("inf")
     return float((score[label] > threshold).double().mean() * 100)
 
