@@ -21,6 +21,9 @@ without it, from one store of K originals and K oracles that both share.
 ranks the methods and what an add-on changes; --tuned FILE adds each method at tune.py's values.
 """
 
+from pathlib import Path
+
+import utils
 from experiments import ensemble_audits, privacy, privacy_summary
 from utils import run_main
 
@@ -28,7 +31,13 @@ from utils import run_main
 def main(args):
     if args.combine:
         return privacy_summary.main(args)
-    return privacy.main(args) if args.audit == "ulira" else ensemble_audits.main(args)
+    try:
+        return privacy.main(args) if args.audit == "ulira" else ensemble_audits.main(args)
+    except KeyboardInterrupt as e:
+        store = args.ensemble_dir or Path(args.save_dir) / "ensembles"
+        e.kept = (f"every model finished is kept in the store under {store}; the same command reuses them and "
+                  f"trains the rest: {utils.rerun_command()}")
+        raise
 
 
 if __name__ == "__main__":

@@ -559,6 +559,16 @@ def main() -> None:
         return
 
     storage = open_studies(jobs, a.storage, out)  # one of another setting stops the run before anything trains
+    try:
+        run_all(a, jobs, grid, pilot, out, uri, storage, t0)
+    except KeyboardInterrupt as e:
+        e.kept = (f"the finished trials are kept in {storage_text(storage)} and the trained models under "
+                  f"{out / 'checkpoints'}; a trial cut short runs again. Continue with: {utils.rerun_command()}")
+        raise
+
+
+def run_all(a, jobs: list[Job], grid: Grid, pilot: int, out: Path, uri: str | None, storage, t0: float) -> None:
+    """The pilot's models, the search, tuned.json and its plots, then the report (unless --search_only)."""
     # 1. the pilot's models
     pilot_grid = dataclasses.replace(grid, seeds=[pilot], unlearn=[])
     base, _ = sweep.generate(pilot_grid)

@@ -65,7 +65,8 @@ def signals_deferred():
 
 def run_main(main: Callable[[], Any]) -> None:
     """Run an entry script's main(); a UserError becomes `error: ...` and exit 2; SIGINT and SIGTERM
-    become one `interrupted by SIG...` line and exit 128 + the signal's number."""
+    become one `interrupted by SIG...` line (with what is kept and how to go on, where the script set
+    the exception's `kept`) and exit 128 + the signal's number."""
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         main()
@@ -74,7 +75,8 @@ def run_main(main: Callable[[], Any]) -> None:
         sys.exit(2)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        kept = getattr(e, "kept", None)  # what a script keeps of the stopped work, and how to go on
+        print(f"interrupted by {signal.Signals(signum).name}" + (f"; {kept}" if kept else ""), file=sys.stderr)
         sys.exit(128 + signum)
     finally:
         for sig, handler in previous.items():
@@ -359,6 +361,14 @@ def command_hash(argv: list[str]) -> str:
     import shlex
 
     return hashlib.sha1(shlex.join(argv).encode()).hexdigest()[:20]
+
+
+def rerun_command(add: str = "", drop: tuple[str, ...] = ()) -> str:
+    """The running script's own command line, to run again: without the flags `drop`, with `add`."""
+    import shlex
+
+    argv = [a for a in sys.argv if a not in drop]
+    return shlex.join(["python", *argv, *([add] if add and add not in argv else [])])
 
 
 def own_command_hash() -> str:

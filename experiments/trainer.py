@@ -38,6 +38,10 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                         help="continue an interrupted run from the state it saved after its last epoch "
                              "({checkpoint}.resume.pt), to the same weights bit for bit (on the CPU); a finished "
                              "checkpoint is never trained over (the sweep runner passes --resume)")
+    parser.add_argument("--restart", action="store_true",
+                        help="throw away the progress an interrupted run saved ({checkpoint}.resume.pt) and train "
+                             "from scratch; without --resume or --restart, a run that finds such progress refuses "
+                             "to start")
     return parser
 
 
@@ -77,6 +81,13 @@ def train(args: argparse.Namespace, ideal: bool) -> Path:
         if made_since(path, started, split):
             print(f"{kind} model: another run trained {path} while this one waited for it; reusing it")
             return path
+        state = resume_path(path)
+        if args.resume and args.restart:
+            raise UserError("--resume and --restart: give one (--resume continues the saved progress, --restart "
+                            "throws it away)")
+        if state.is_file() and not (args.resume or args.restart):
+            raise UserError(f"{state} holds the progress of an interrupted run of this model; continue it with "
+                            f"--resume, or pass --restart to throw it away: {utils.rerun_command('--resume')}")
         if args.resume and path.is_file():
             check_finished(path, args, split, ideal)
             print(f"{kind} model: {path} is finished; --resume leaves it as it is")
@@ -125,8 +136,16 @@ def _train(args, kind: str, path: Path, data, split: ForgetSplit, model, train_i
           f"{len(data.val_idx)} validation, {len(data.y_test)} test), device {device}, "
           f"forget set: {split.info['mode']} C={args.class_to_replace} N={n}")
     state = resume_path(path)
-    history, best_epoch, wall = fit(model, data, train_idx, val_idx, recipe_of(args), args.seed, args.quiet, kind,
-                                    state=state, resume=args.resume)
+    if args.restart:
+        state.unlink(missing_ok=True)
+    try:
+        history, best_epoch, wall = fit(model, data, train_idx, val_idx, recipe_of(args), args.seed, args.quiet,
+                                        kind, state=state, resume=args.resume)
+    except KeyboardInterrupt as e:
+        e.kept = (f"the progress after the last finished epoch is kept in {state}; continue with: "
+                  f"{utils.rerun_command('--resume', drop=('--restart',))}" if state.is_file()
+                  else "no epoch had finished, nothing is kept")
+        raise
 
     # the original model is scored on every class, as it was selected; the ideal model of class
     # forgetting on the other classes (it never saw the forgotten one), as it was selected

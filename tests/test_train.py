@@ -124,6 +124,52 @@ def test_an_interrupted_training_resumes_to_the_same_weights_bit_for_bit(tmp_pat
 
 
 @pytest.mark.slow
+def test_ctrl_c_says_how_to_go_on_and_a_plain_rerun_keeps_the_progress(tmp_path):
+    import shlex
+    import signal
+
+    args = ["main_baseline.py", "--dataset", "digits", "--epochs", "6", "--seed", "5", "--quiet",
+            "--save_dir", str(tmp_path)]
+    state = tmp_path / "5smallcnn_ep6model_SA_best.resume.pt"
+    proc = subprocess.Popen([sys.executable, "-u", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 3/6"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"interrupted by SIGINT; the progress after the last finished epoch is kept in {state}; "
+                           "continue with: python ")
+    command = shlex.split(line.split("continue with: ", 1)[1])
+    assert command[1:] == [*args, "--resume"]
+    kept = state.read_bytes()
+    # a plain rerun neither trains over the progress nor starts: one line naming --resume and --restart
+    again = run_in_process(*args, check=False)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    (line,) = again.stderr.strip().splitlines()
+    assert f"{state} holds the progress of an interrupted run" in line and "--resume" in line and "--restart" in line
+    assert state.read_bytes() == kept and "epoch 1/6" not in again.stdout
+    both = run_in_process(*args, "--resume", "--restart", check=False)
+    assert both.returncode == 2 and "give one" in both.stderr and state.read_bytes() == kept
+    # the command the interrupt named continues it
+    resumed = run_in_process(*command[1:])
+    assert "resuming after epoch" in resumed.stdout and not state.exists()
+
+
+@pytest.mark.slow
+def test_restart_throws_the_saved_progress_away_and_trains_from_scratch(tmp_path):
+    args = ["main_baseline.py", "--dataset", "digits", "--epochs", "2", "--seed", "5", "--quiet",
+            "--save_dir", str(tmp_path)]
+    state = tmp_path / "5smallcnn_ep2model_SA_best.resume.pt"
+    state.write_bytes(b"progress of an earlier run")
+    fresh = run_in_process(*args, "--restart")
+    assert "resuming" not in fresh.stdout and not state.exists()
+    assert (tmp_path / "5smallcnn_ep2model_SA_best.pth.tar").is_file()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["damaged", "other recipe"])
 def test_a_bad_resumable_state_is_named_and_refused(tmp_path, state):
     path = tmp_path / "4smallcnn_ep3model_SA_best.resume.pt"

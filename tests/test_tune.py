@@ -117,6 +117,24 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, flags, messag
     assert not out.exists()
 
 
+def test_ctrl_c_says_what_is_kept_and_the_command_that_continues(tmp_path, monkeypatch):
+    import signal
+
+    from experiments import sweep
+
+    def interrupted(*a, **k):
+        raise utils.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(sweep, "run_local", interrupted)  # Ctrl-C while the pilot's models train
+    out = tmp_path / "t"
+    proc = run_in_process("tune.py", "--preset", "digits-tune-test", "--out", str(out), check=False)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("interrupted by SIGINT; the finished trials are kept in ")
+    assert line.endswith(f"tune.py --preset digits-tune-test --out {out}") and "Continue with: python " in line
+    assert (out / "study.db").is_file() or any(out.glob("*.db")) or any(out.glob("*.journal"))
+
+
 def test_a_study_of_another_setting_stops_the_run_and_keeps_its_trials(tmp_path):
     out = tmp_path / "t"
     out.mkdir()

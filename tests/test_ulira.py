@@ -126,6 +126,34 @@ def test_an_ensemble_model_is_the_model_trained_alone(digits_data):
         fit_many(build, data, [sets[0], sets[1][:-1]], data.val_idx, recipe, [1, 2], "stacked")
 
 
+def test_ctrl_c_keeps_the_finished_models_and_names_the_command_that_reuses_them(tmp_path, monkeypatch):
+    import signal
+
+    import utils
+    from experiments import privacy
+
+    asked = []
+
+    def fit_two_then_stop(build, data, sets, val, recipe, seeds, mode, progress, desc, on_model):
+        asked.append(len(sets))
+        if len(asked) == 1:
+            for i in range(2):
+                on_model(i, build(), 1)
+        raise utils.Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(privacy, "fit_many", fit_two_then_stop)
+    args = ["--dataset", "digits", "--epochs", "2", "--shadows", "8", "--targets", "20", "--unlearn", "GA",
+            "--save_dir", str(tmp_path), "--quiet"]
+    proc = run_in_process("main_audit.py", *args, check=False)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"interrupted by SIGINT; every model finished is kept in the store under "
+                           f"{tmp_path / 'ensembles'}; the same command reuses them and trains the rest: python ")
+    assert line.endswith("main_audit.py " + " ".join(args))
+    again = run_in_process("main_audit.py", *args, check=False)
+    assert again.returncode == 130 and asked == [8, 6]  # the two finished shadows are not trained again
+
+
 @pytest.mark.slow
 def test_main_audit_sanity_store_reuse_repair_and_refusals(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
