@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -172,6 +173,45 @@ def audit_cache(tmp_path, digits, monkeypatch):
     return run, path, other, split
 
 
+def test_audits_get_their_arguments_and_each_key_its_own_file(tmp_path, digits, monkeypatch):
+    """The audits run on what audited() was given, and caches of two keys live side by side (each read
+    back, none overwriting the other), named after the checkpoint without its .pth.tar."""
+    path, other = tmp_path / "ideal.pth.tar", tmp_path / "original.pth.tar"
+    model, original = _checkpoint(path, 0), _checkpoint(other, 1)
+    split, budget, calls = forget_split(digits, 1, -1, 40), AuditBudget(relearn_epochs=2), []
+
+    def run_audits(names, model_, data, split_, seed, budget_, **others):
+        calls.append(seed)
+        assert (names, model_, data, split_, budget_) == (["relearn"], model, digits, split, budget)
+        assert others == {"original": original}
+        return {"relearn_acc": float(seed)}
+
+    monkeypatch.setattr(references, "run_audits", run_audits)
+    for seed in (1, 2, 1, 2):
+        got = references.audited(path, model, digits, split, ["relearn"], seed, budget, {"original": (other, original)})
+        assert got == {"relearn_acc": float(seed)}
+    assert calls == [1, 2]
+    files = sorted(f.name for f in tmp_path.glob("*.audit_*.pt"))
+    assert len(files) == 2 and all(re.fullmatch(r"ideal\.audit_[0-9a-f]{16}\.pt", f) for f in files)
+
+
+def test_an_audit_cache_holding_another_key_is_recomputed_not_served(audit_cache):
+    run, path, *_ = audit_cache
+    run()
+    (cache,) = path.parent.glob("*.audit_*.pt")
+    saved = utils.read_torch_file(cache)
+    torch.save({"key": {**saved["key"], "seed": 99}, "value": saved["value"]}, cache)
+    assert run() == 2.0 and run() == 2.0
+
+
+def test_evaluation_caches_of_two_keys_live_side_by_side(evaluation):
+    run, path, *_ = evaluation
+    assert [run(seed=s)[0] for s in (1, 2, 1, 2)] == [1.0, 2.0, 1.0, 2.0]
+    files = sorted(f.name for f in path.parent.glob("*.eval_*.pt"))
+    assert len(files) == 2 and all(re.fullmatch(r"1smallcnn_ep3model_SA_best\.eval_[0-9a-f]{16}\.pt", f)
+                                   for f in files)
+
+
 BUDGET_CHANGES = {f.name: (f.default * 2 if not isinstance(f.default, bool) else not f.default)
                   for f in dataclasses.fields(AuditBudget)}
 
@@ -253,6 +293,18 @@ def test_an_ensemble_store_key_changes_with_each_part_and_another_is_refused(tmp
         privacy.check_store(folder, key)
 
 
+def test_the_store_record_keeps_its_field_names(design, digits):
+    """design.json is compared field by field with the flags: renaming a field would refuse every store
+    users have trained (hours of models), so the names are the record's format."""
+    ulira = privacy.store_key(_store_args(), Recipe(), design, None)
+    assert set(ulira) == {"format", "dataset", "subsample", "no_aug", "arch", "imagenet_arch", "recipe", "seed",
+                          "shadows", "mode", "targets", "design_sha1"} and ulira["format"] == 1
+    assert ulira["recipe"] == dataclasses.asdict(Recipe()) and ulira["mode"] == "sequential"
+    split = forget_split(digits, 1, 3, None)
+    forget = privacy.store_key(_store_args(), Recipe(), None, split)
+    assert set(forget) == set(ulira) - {"targets", "design_sha1"} | {"forget_sha1"}
+
+
 def test_a_forget_set_store_is_keyed_by_its_forget_set(digits):
     a = forget_split(digits, 1, 3, None)
     b = forget_split(digits, 1, 4, None)
@@ -277,11 +329,14 @@ def test_the_design_hash_covers_targets_membership_and_every_set(design, part):
     assert privacy.design_hash(changed) != privacy.design_hash(design)
 
 
+@pytest.mark.parametrize("store", ["design_sha1", "forget_sha1"])
 @pytest.mark.parametrize("change", [None, "kind", "k", "design"])
-def test_a_stored_model_of_another_kind_index_or_design_is_trained_again(tmp_path, change, capsys):
+def test_a_stored_model_of_another_kind_index_or_design_is_trained_again(tmp_path, change, store, capsys):
+    """U-LiRA's models record the design's sha1; the epsilon and KLoM stores' the forget set's."""
     model = create_model("smallcnn", 10, 1)
-    audit = argparse.Namespace(folder=tmp_path, key={"design_sha1": "abc"}, device="cpu",
+    audit = argparse.Namespace(folder=tmp_path, key={store: "abc"}, device="cpu",
                                build=lambda: create_model("smallcnn", 10, 1))
+    assert privacy._file(audit, "shadow", 3) == tmp_path / "shadow_003.pt"
     record = {"state_dict": model.state_dict(), "kind": "shadow", "k": 3, "design_sha1": "abc", "best_epoch": 1}
     if change is not None:
         record |= {"kind": "control"} if change == "kind" else {"k": 4} if change == "k" else {"design_sha1": "x"}
@@ -376,6 +431,30 @@ def test_a_finished_checkpoint_is_reused_by_resume_only_for_the_same_training(tm
     else:
         with pytest.raises(utils.UserError, match="is finished but was made with another"):
             trainer.check_finished(path, args, mine, ideal)
+
+
+@pytest.mark.parametrize("flags", [{"no_aug": True}, {"subsample": 0.5}])
+def test_a_finished_checkpoint_made_with_the_same_data_flags_is_reused(tmp_path, digits, flags):
+    split = forget_split(digits, 1, 3, None)
+    path = tmp_path / "model.pth.tar"
+    utils.save_checkpoint({"state_dict": {}, "args": vars(_train_args(**flags)), "split": split.info}, path)
+    trainer.check_finished(path, _train_args(**flags), split, True)
+    with pytest.raises(utils.UserError, match=f"another --{next(iter(flags))}"):
+        trainer.check_finished(path, _train_args(), split, True)
+
+
+def test_a_finished_checkpoint_of_an_older_version_reads_missing_data_flags_as_their_defaults(tmp_path, digits):
+    """Checkpoints written before --subsample and --no_aug existed: trained on the whole set, augmented;
+    one without a forget-set record or arguments is refused in one line, not a traceback."""
+    split = forget_split(digits, 1, 3, None)
+    old = {k: v for k, v in vars(_train_args()).items() if k not in ("subsample", "no_aug")}
+    path = tmp_path / "model.pth.tar"
+    utils.save_checkpoint({"state_dict": {}, "args": old, "split": split.info}, path)
+    trainer.check_finished(path, _train_args(), split, True)
+    utils.save_checkpoint({"state_dict": {}}, path)
+    with pytest.raises(utils.UserError, match="another dataset, seed, num_train, num_val, num_test, forget_sha1, "
+                                              "training recipe \\(not recorded\\)"):
+        trainer.check_finished(path, _train_args(), split, True)
 
 
 def test_resume_refuses_a_finished_checkpoint_of_another_recipe_and_keeps_it(tmp_path):
