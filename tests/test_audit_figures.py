@@ -505,3 +505,43 @@ def test_audit_budget_defaults_are_the_ones_its_flags_and_the_module_state():
     for f in dataclasses.fields(AuditBudget):
         stated = re.search(r"\(default ([0-9.e-]+)", f.metadata["help"])
         assert stated and float(stated.group(1)) == f.default, f.name
+
+
+@pytest.mark.parametrize("size", [1, (1, 1), 2, (3, 2), (4, 4)])
+def test_the_vmappable_pool_is_the_adaptive_average_pool(size):
+    """Reference: nn.AdaptiveAvgPool2d, on inputs larger than, equal to and of the output's size."""
+    from audits.ensemble import _Pool
+
+    g = torch.Generator().manual_seed(3)
+    for shape in ((2, 3, 4, 4), (2, 3, 6, 8), (2, 3, 3, 2)):
+        x = torch.randn(*shape, generator=g, dtype=torch.double)
+        torch.testing.assert_close(_Pool(size)(x), nn.AdaptiveAvgPool2d(size)(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [4, 10, 6])
+def test_scores_refuse_a_shadow_count_the_folds_cannot_split(k):
+    """Two folds of complement pairs: K a multiple of 4 and at least 8, as balanced_design asks."""
+    member = torch.from_numpy(complement_pairs(k, 6, seed=1))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        scores(torch.zeros(k, 6, dtype=torch.double), member)
+    with pytest.raises(ValueError, match=r"statistics \(8, 6\) and membership \(8, 5\) differ in shape"):
+        scores(torch.zeros(8, 6, dtype=torch.double), torch.zeros(8, 5, dtype=torch.bool))
+
+
+def test_the_vulnerable_share_counts_targets_above_60_percent_exactly():
+    """With K = 200 a target's accuracy moves in steps of 0.5 points: one at 60.5% is above the line
+    (a threshold read as 60.6 would miss it), one at 60% is not."""
+    k, t = 200, 40
+    found = None
+    for seed in range(200):
+        g = np.random.default_rng(seed)
+        member = complement_pairs(k, t, seed=seed)
+        stat = g.normal(size=(k, t)) + 0.6 * member * g.random(t)
+        acc_t = (((lira_scores(stat, member) > 0) == member).mean(0) * 100).round(9)
+        if 60.5 in acc_t and 60.0 in acc_t:
+            found = stat, member, acc_t
+            break
+    assert found is not None
+    stat, member, acc_t = found
+    out = attack(torch.from_numpy(stat), torch.from_numpy(member))
+    assert out["summary"]["vulnerable"] == pytest.approx((acc_t > 60).mean() * 100, abs=1e-9)
