@@ -132,6 +132,55 @@ def test_an_ensemble_model_is_the_model_trained_alone(digits_data):
         fit_many(build, data, [sets[0], sets[1][:-1]], data.val_idx, recipe, [1, 2], "stacked")
 
 
+@pytest.mark.parametrize("change", [{"optimizer": "adam"}, {"bn_stats": "freeze"}, {"warmup": 1}, {"amp": True},
+                                    {"compile": True}])
+def test_a_stacked_ensemble_refuses_what_its_step_does_not_do(digits_data, change):
+    sets = [digits_data.train_idx[:64], digits_data.train_idx[64:128]]
+    build = lambda: create_model("smallcnn", 10, 1)  # noqa: E731
+    with pytest.raises(ValueError, match="stacked ensembles train with SGD"):
+        fit_many(build, digits_data, sets, digits_data.val_idx, Recipe(epochs=1, **change), [1, 2], "stacked")
+
+
+def test_a_stacked_ensemble_keeps_each_models_best_epoch_and_its_weights(digits_data, monkeypatch):
+    """Validation accuracies scripted per epoch: model 0 is best after epoch 2, model 1 after epoch 3;
+    each comes back with the weights it had then, and the epoch and accuracy are reported."""
+    from audits import ensemble
+
+    scripted = iter([torch.tensor([50.0, 60.0]), torch.tensor([70.0, 55.0]), torch.tensor([65.0, 80.0])])
+    states = []
+
+    def accuracy_each(ens, data, idx):
+        states.append(ens.state())
+        return next(scripted)
+
+    monkeypatch.setattr(ensemble, "accuracy_each", accuracy_each)
+    sets = [digits_data.train_idx[:64], digits_data.train_idx[64:128]]
+    build = lambda: create_model("smallcnn", 10, 1)  # noqa: E731
+    ens, info = ensemble.fit_stacked(build, digits_data, sets, digits_data.val_idx, Recipe(lr=0.1, epochs=3,
+                                                                                           batch_size=32), [1, 2])
+    assert info["best_epoch"] == [2, 3] and info["val"] == [70.0, 80.0]
+    got = ens.state()
+    for k, epoch in ((0, 2), (1, 3)):
+        assert all(torch.equal(got[n][k], states[epoch - 1][n][k]) for n in got)
+    assert not all(torch.equal(states[0][n][0], states[1][n][0]) for n in got)  # the epochs' weights differ
+
+
+def test_a_stacked_ensemble_decays_its_weights_as_the_sequential_one(digits_data):
+    """A weight decay large enough to dominate three steps: stacked and sequential still agree."""
+    sets = [digits_data.train_idx[:300], digits_data.train_idx[300:600]]
+    recipe = Recipe(lr=0.1, epochs=1, batch_size=128, weight_decay=1.0)
+    build = lambda: create_model("smallcnn", 10, 1)  # noqa: E731
+    sequential, _ = fit_many(build, digits_data, sets, digits_data.val_idx, recipe, [3, 4], "sequential")
+    stacked, _ = fit_many(build, digits_data, sets, digits_data.val_idx, recipe, [3, 4], "stacked")
+    torch.manual_seed(3)
+    start = build().state_dict()
+    for a, v in zip(sequential, stacked):
+        gap = max((t - v.state_dict()[n]).abs().max().item() for n, t in a.state_dict().items())
+        assert gap < 1e-3, gap
+    moved = max((start[n] - sequential[0].state_dict()[n]).abs().max().item() for n in start)
+    assert moved > 1e-2
+
+
 def test_ctrl_c_keeps_the_finished_models_and_names_the_command_that_reuses_them(tmp_path, monkeypatch):
     import signal
 
