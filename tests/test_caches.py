@@ -537,3 +537,19 @@ def test_tuned_values_are_read_only_for_the_setting_they_were_tuned_in(tmp_path,
             privacy.tuned_entries(args, ["GA"])
     with pytest.raises(utils.UserError, match="no tuned values for FT"):
         privacy.tuned_entries(_tuned_args(tmp_path, _tuned_doc()), ["GA", "FT"])
+
+
+def test_a_tuned_file_that_is_missing_or_not_tune_pys_is_refused_in_one_line(tmp_path):
+    args = _tuned_args(tmp_path, _tuned_doc())
+    (tmp_path / "tuned.json").unlink()
+    with pytest.raises(utils.UserError, match="tuned.json not found; make it with: python tune.py --preset NAME"):
+        privacy.tuned_entries(args, ["GA"])
+    (tmp_path / "tuned.json").write_text(json.dumps({"dataset": "digits"}))
+    with pytest.raises(utils.UserError, match="is not a tuned.json of tune.py .*; make it again with tune.py"):
+        privacy.tuned_entries(args, ["GA"])
+    ulira = _tuned_args(tmp_path, _tuned_doc(), audit="ulira", class_to_replace=3)
+    assert privacy.tuned_entries(ulira, ["GA"]) == [("GA", {"lr": 1e-3, "epochs": 3})]  # any random scenario
+    doc = _tuned_doc()
+    doc["scenarios"]["class 3"] = {"class_to_replace": 3, "num_indexes_to_replace": None, "methods": {}}
+    with pytest.raises(utils.UserError, match="has no tuned values for GA in scenario 'class 3'"):
+        privacy.tuned_entries(_tuned_args(tmp_path, doc, class_to_replace=3, num_indexes_to_replace=None), ["GA"])
