@@ -363,6 +363,51 @@ def test_resolve_names_the_folder_by_the_key_and_refuses_a_store_of_another_desi
         privacy.resolve(parser.parse_args([*common, "--lr", "0.05", "--ensemble_dir", str(audit.folder)]))
 
 
+def test_a_store_trains_each_kind_on_its_sets_stores_every_model_and_then_reuses_them(tmp_path, monkeypatch, capsys):
+    """epsilon's store: K originals on the training set and K oracles on D_R (selected, as main_ideal.py
+    selects, without the forgotten class), each with its own seed; every model is written with its kind,
+    index, forget-set id and best epoch, and a second run reuses all of them without training."""
+    from unlearn.train import selection_idx
+
+    parser = privacy.build_parser("test")
+    audit = privacy.resolve(parser.parse_args(["--audit", "epsilon", "--dataset", "digits", "--class_to_replace", "3",
+                                               "--shadows", "4", "--epochs", "2", "--unlearn", "GA",
+                                               "--save_dir", str(tmp_path), "--quiet"]))
+    calls = []
+
+    def fit_many(build, data, sets, val, recipe, seeds, mode, progress, desc, on_model):
+        calls.append(desc)
+        kind = desc.split()[0]
+        assert data is audit.data and recipe is audit.train_recipe and mode == "sequential" and not progress
+        assert all(torch.equal(a, b) for a, b in zip(sets, audit.sets[kind])) and len(sets) == 4
+        assert torch.equal(val, selection_idx(audit.data, 3 if kind == "oracle" else None))
+        assert seeds == [audit.seed(k) for k in range(4)] == [1000 * audit.args.seed + k for k in range(4)]
+        models = []
+        for i, s in enumerate(seeds):
+            torch.manual_seed(s)
+            models.append(build())
+            on_model(i, models[-1], 2)
+        return models, [2] * len(seeds)
+
+    monkeypatch.setattr(privacy, "fit_many", fit_many)
+    first = privacy.ensembles(audit)
+    assert calls == ["original models", "oracle models"] and set(first) == {"original", "oracle"}
+    assert json.loads((audit.folder / "design.json").read_text()) == audit.key
+    for kind in first:
+        for k, model in enumerate(first[kind]):
+            saved = utils.read_torch_file(audit.folder / f"{kind}_{k:03d}.pt")
+            assert (saved["kind"], saved["k"], saved["best_epoch"]) == (kind, k, 2)
+            assert saved["design_sha1"] == audit.split.info["forget_sha1"]
+            assert all(torch.equal(saved["state_dict"][n], t) for n, t in model.state_dict().items())
+    capsys.readouterr()
+    again = privacy.ensembles(audit)
+    assert calls == ["original models", "oracle models"]  # nothing trained the second time
+    assert "original models: all 4 reused" in capsys.readouterr().out
+    for kind in first:
+        for a, b in zip(first[kind], again[kind]):
+            assert all(torch.equal(t, b.state_dict()[n]) for n, t in a.state_dict().items())
+
+
 # ---------------------------------------------------------------------- resumable training states
 def _state(path, recipe: Recipe, seed: int, sets: dict) -> None:
     utils.save_checkpoint({"loop": {}, "best": {}, "wall": 0.0, "recipe": dataclasses.asdict(recipe),

@@ -113,13 +113,14 @@ def test_an_ensemble_model_is_the_model_trained_alone(digits_data):
         training.fit(m, data, s, data.val_idx, recipe, 10 + k, progress=False, log=False)
         alone.append(m.eval())
     told = {"sequential": [], "stacked": []}
-    sequential, _ = fit_many(build, data, sets, data.val_idx, recipe, [10, 11],  # the default mode: sequential
+    sequential, seq_best = fit_many(build, data, sets, data.val_idx, recipe, [10, 11],  # default mode: sequential
                              on_model=lambda i, m, best: told["sequential"].append((i, m, best)))
     stacked, best = fit_many(build, data, sets, data.val_idx, recipe, [10, 11], "stacked",
                              on_model=lambda i, m, best: told["stacked"].append((i, m, best)))
     for mode, models in (("sequential", sequential), ("stacked", stacked)):  # each model as soon as it is trained
         assert [i for i, _, _ in told[mode]] == [0, 1] and all(m is models[i] for i, m, _ in told[mode])
-    assert [b for _, _, b in told["stacked"]] == best
+    assert [b for _, _, b in told["stacked"]] == best and [b for _, _, b in told["sequential"]] == seq_best
+    assert all(isinstance(b, int) and 1 <= b <= recipe.epochs for b in seq_best + best)
     x, _ = data.batch(data.val_idx)
     for a, s, v in zip(alone, sequential, stacked):
         assert all(torch.equal(t, s.state_dict()[n]) for n, t in a.state_dict().items())  # bit for bit
