@@ -545,3 +545,38 @@ def test_the_vulnerable_share_counts_targets_above_60_percent_exactly():
     stat, member, acc_t = found
     out = attack(torch.from_numpy(stat), torch.from_numpy(member))
     assert out["summary"]["vulnerable"] == pytest.approx((acc_t > 60).mean() * 100, abs=1e-9)
+
+
+def test_klom_clips_margins_on_both_sides_before_binning():
+    """Reference: klom_reference. Several margins beyond -100 and +100 on both sides: clipped, they share
+    the edge bins; unclipped, they would spread over bins of their own and move every bin edge."""
+    unlearned = np.array([[-300.0, 400.0], [-150.0, 150.0], [20.0, -20.0], [30.0, -30.0], [25.0, -10.0]])
+    oracle = np.array([[-120.0, 120.0], [-200.0, 300.0], [25.0, -25.0], [28.0, -28.0]])
+    got = klom(torch.from_numpy(unlearned), torch.from_numpy(oracle)).numpy()
+    np.testing.assert_allclose(got, klom_reference(unlearned, oracle), rtol=1e-12, atol=1e-12)
+    unclipped = klom(torch.from_numpy(unlearned / 4), torch.from_numpy(oracle / 4)).numpy()  # nothing clipped
+    assert not np.allclose(got, unclipped)  # the clip changes the figure here
+
+
+@pytest.mark.parametrize("n_targets, ok", [(2, True), (1, False), ("half", True), ("half+2", False)])
+def test_the_design_takes_every_target_count_from_2_to_half_the_training_set(n_targets, ok):
+    """balanced_design's documented bounds: between 2 and half of the training samples, even."""
+    y = torch.arange(40) % 4
+    train = torch.arange(40)
+    n = {"half": 20, "half+2": 22}.get(n_targets, n_targets)
+    if ok:
+        d = balanced_design(train, y, n, 8, seed=1)
+        assert len(d.targets) == n and all(int(m.sum()) == n // 2 for m in d.member)
+    else:
+        with pytest.raises(ValueError, match="give between 2 and half of them \\(20\\)"):
+            balanced_design(train, y, n, 8, seed=1)
+
+
+def test_a_class_with_exactly_the_targets_it_must_give_is_enough():
+    """Stratified targets: a class of 3 training samples can give its 3 targets (and not 4)."""
+    y = torch.tensor([0] * 3 + [1] * 37)
+    train = torch.arange(40)
+    d = balanced_design(train, y, 6, 8, seed=2)  # 3 per class
+    assert int((y[d.targets] == 0).sum()) == 3
+    with pytest.raises(ValueError, match="need 4 of class 0, which has 3 training samples"):
+        balanced_design(train, y, 8, 8, seed=2)
