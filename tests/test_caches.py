@@ -598,3 +598,46 @@ def test_a_tuned_file_that_is_missing_or_not_tune_pys_is_refused_in_one_line(tmp
     doc["scenarios"]["class 3"] = {"class_to_replace": 3, "num_indexes_to_replace": None, "methods": {}}
     with pytest.raises(utils.UserError, match="has no tuned values for GA in scenario 'class 3'"):
         privacy.tuned_entries(_tuned_args(tmp_path, doc, class_to_replace=3, num_indexes_to_replace=None), ["GA"])
+
+
+def test_a_training_state_is_saved_each_epoch_with_its_key_and_resumed_from(tmp_path, digits):
+    """trainer.fit writes the loop's state with its recipe, seed and training data after every epoch
+    (beside the checkpoint: NAME.resume.pt for NAME.pth.tar); resumed from it, nothing is trained again
+    and the model and history are the saved ones."""
+    state = trainer.resume_path(tmp_path / "1smallcnn_ep2model_SA_best.pth.tar")
+    assert state == tmp_path / "1smallcnn_ep2model_SA_best.resume.pt"
+    recipe = Recipe(lr=0.05, epochs=2, batch_size=64)
+    train_idx = digits.train_idx[:128]
+    torch.manual_seed(1)
+    model = create_model("smallcnn", 10, 1)
+    history, best, _ = trainer.fit(model, digits, train_idx, digits.val_idx, recipe, 1, True, "original", state=state)
+    saved = utils.read_torch_file(state)
+    assert saved["recipe"] == dataclasses.asdict(recipe) and saved["seed"] == 1
+    assert saved["sets"] == trainer.sets_record(digits, train_idx, digits.val_idx) and saved["loop"]["epoch"] == 2
+    torch.manual_seed(5)
+    again = create_model("smallcnn", 10, 1)
+    resumed, best_again, _ = trainer.fit(again, digits, train_idx, digits.val_idx, recipe, 1, True, "original",
+                                         state=state, resume=True)
+    assert best_again == best and [h["utility"] for h in resumed] == [h["utility"] for h in history]
+    assert all(torch.equal(t, again.state_dict()[n]) for n, t in model.state_dict().items())
+    with pytest.raises(utils.UserError, match="another recipe or seed"):
+        trainer.fit(create_model("smallcnn", 10, 1), digits, train_idx, digits.val_idx, recipe, 2, True, "original",
+                    state=state, resume=True)
+    fresh = trainer.fit(create_model("smallcnn", 10, 1), digits, train_idx, digits.val_idx, recipe, 2, True,
+                        "original", state=state)  # without resume: trained from scratch, the state rewritten
+    assert len(fresh[0]) == 2 and utils.read_torch_file(state)["seed"] == 2
+
+
+@pytest.mark.parametrize("record, reused", [("same", True), ("other", False), ("none", False)])
+def test_a_concurrent_runs_checkpoint_is_reused_only_for_this_forget_set(tmp_path, digits, record, reused):
+    import time
+
+    split = forget_split(digits, 1, 3, None)
+    path = tmp_path / "1smallcnn_ep2_C3_N100_ideal.pth.tar"
+    started = time.time() - 5
+    utils.save_checkpoint({"state_dict": {}}, path)
+    if record != "none":
+        sha = split.info["forget_sha1"] if record == "same" else "0" * 40
+        trainer.forget_record_path(path).write_text(json.dumps({"forget_sha1": sha}))
+    assert trainer.made_since(path, started, split) is reused
+    assert trainer.made_since(path, time.time() + 5, split) is False  # written before this run started
