@@ -626,6 +626,14 @@ def test_a_training_state_is_saved_each_epoch_with_its_key_and_resumed_from(tmp_
     fresh = trainer.fit(create_model("smallcnn", 10, 1), digits, train_idx, digits.val_idx, recipe, 2, True,
                         "original", state=state)  # without resume: trained from scratch, the state rewritten
     assert len(fresh[0]) == 2 and utils.read_torch_file(state)["seed"] == 2
+    torch.manual_seed(1)
+    same_seed = create_model("smallcnn", 10, 1)
+    trainer.fit(same_seed, digits, train_idx, digits.val_idx, recipe, 1, True, "original")
+    assert all(torch.equal(t, same_seed.state_dict()[n]) for n, t in model.state_dict().items())
+    torch.manual_seed(1)
+    other_seed = create_model("smallcnn", 10, 1)
+    trainer.fit(other_seed, digits, train_idx, digits.val_idx, recipe, 2, True, "original")  # other batches
+    assert not all(torch.equal(t, other_seed.state_dict()[n]) for n, t in model.state_dict().items())
 
 
 @pytest.mark.parametrize("record, reused", [("same", True), ("other", False), ("none", False)])
