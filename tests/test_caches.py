@@ -95,11 +95,13 @@ def evaluation(tmp_path, digits, monkeypatch):
 
 def test_a_reference_evaluation_is_read_back_when_nothing_changed(evaluation):
     run, path, split, metrics = evaluation
+    assert run(forgotten=3)[1].forgotten_class == 3  # the utility view of class forgetting reaches the outputs
+    metrics.calls = 0
     first, out = run()
     again, out_again = run()
     assert (first, again, metrics.calls) == (1.0, 1.0, 1)
     assert torch.equal(out.forget, out_again.forget) and torch.equal(out.y_test, out_again.y_test)
-    assert len(list(path.parent.glob("*.eval_*.pt"))) == 1
+    assert out.forgotten_class is None and len(list(path.parent.glob("*.eval_*.pt"))) == 2
 
 
 EVAL_CHANGES = {
@@ -443,6 +445,14 @@ def test_a_resumable_state_is_refused_when_one_thing_it_was_trained_for_differs(
         assert mine != sets or seed != 1 or recipe != Recipe()
         with pytest.raises(utils.UserError, match="another recipe or seed|other training data"):
             trainer._load_state(path, recipe, seed, mine)
+
+
+def test_the_training_data_record_keeps_its_field_names(digits):
+    """A resumable state written by the version before is read with these names: renaming one would refuse
+    every interrupted run's progress."""
+    record = trainer.sets_record(digits, digits.train_idx, digits.val_idx)
+    assert set(record) == {"dataset", "num_classes", "train_sha1", "val_sha1"}
+    assert record["dataset"] == "digits" and record["num_classes"] == 10
 
 
 def _train_args(**change) -> argparse.Namespace:
