@@ -179,7 +179,7 @@ def tpr_at(score: Tensor, label: Tensor, fpr: float) -> float:
     n = len(neg)
     allowed = int(math.floor(fpr * n))  # negatives that may sit above the threshold: the most with a / n <= fpr
     allowed += allowed < n and (allowed + 1) / n <= fpr  # fpr * n can round below an integer (0.29 * 100)
-    threshold = neg[allowed] if allowed < len(neg) else -float("inf")
+    threshold = neg[allowed] if allowed < n else -float("inf")
     return float((score[label] > threshold).double().mean() * 100)
 
 

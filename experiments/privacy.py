@@ -37,7 +37,7 @@ from audits.ulira import FPRS, MIN_SHADOWS, MIN_SIDE, Design, attack, balanced_d
 from dataset import ForgetSplit, forget_split, load_data
 from evaluation.accuracy import logits_of
 from evaluation.mia import attack_features, svc_efficacy, svc_samples
-from experiments import forget, trainer
+from experiments import forget, references, trainer
 from experiments.tracking import Run
 from models import create_model
 from unlearn import spec_name, unlearn
@@ -267,7 +267,7 @@ def resolve(args: argparse.Namespace) -> Audit:
         name = (f"{args.dataset}_{args.arch}_N{args.shadows}_C{args.class_to_replace}_"
                 f"N{split.info['num_indexes_to_replace']}_s{args.seed}")
     folder = Path(args.ensemble_dir) if args.ensemble_dir else (
-        Path(args.save_dir) / "ensembles" / f"{name}_{_sha1(key)[:10]}")
+        Path(args.save_dir) / "ensembles" / f"{name}_{references.digest(key)[:10]}")
     check_store(folder, key)
     utils.check_writable(args.save_dir)
     return Audit(**own, train_recipe=shadow_recipe, data=data.to(device), design=design,
@@ -326,10 +326,6 @@ def design_hash(design: Design) -> str:
     for t in (design.targets, design.member.to(torch.uint8), *design.train_sets):
         h.update(t.cpu().numpy().astype(np.int64).tobytes())
     return h.hexdigest()
-
-
-def _sha1(key: dict) -> str:
-    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def check_store(folder: Path, key: dict) -> None:

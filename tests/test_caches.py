@@ -286,7 +286,7 @@ def test_an_ensemble_store_key_changes_with_each_part_and_another_is_refused(tmp
     else:  # the key's "format" is a constant: raised by hand when the record's layout changes
         d = balanced_design(digits.train_idx, digits.y_train, 20, 8, 2)
     key = privacy.store_key(args, recipe, d, None)
-    assert key != base and privacy._sha1(key) != privacy._sha1(base)
+    assert key != base and references.digest(key) != references.digest(base)
     folder = tmp_path / "store"
     folder.mkdir()
     utils.write_json(base, folder / "design.json")
@@ -355,7 +355,7 @@ def test_resolve_names_the_folder_by_the_key_and_refuses_a_store_of_another_desi
     common = ["--dataset", "digits", "--save_dir", str(tmp_path), "--shadows", "8", "--targets", "20",
               "--epochs", "2", "--unlearn", "GA"]
     audit = privacy.resolve(parser.parse_args(common))
-    assert audit.folder.name.endswith(privacy._sha1(audit.key)[:10])
+    assert audit.folder.name.endswith(references.digest(audit.key)[:10])
     assert audit.key == privacy.store_key(audit.args, audit.train_recipe, audit.design, None)
     audit.folder.mkdir(parents=True)
     utils.write_json(audit.key, audit.folder / "design.json")
